@@ -1,0 +1,105 @@
+"""Data plane (spec §5): OpenAI-compatible inference through one proxy.
+
+Every real request is authenticated at send time: AGENTRUN4 signature with AK/SK, else the
+inbound API key, else nothing (Q8, Q9). `include_usage` is set only for streaming chat (Q10).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+from httpx_sse import EventSource
+
+from modelproxy.auth import AgentrunRamAuth, ApiKeyAuth
+from modelproxy.config import Config
+from modelproxy.inference import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ResponseObject,
+    ResponseStreamEvent,
+)
+from modelproxy.sse import chat_chunks, response_events
+from modelproxy.transport import mapped_transport_errors, open_stream, send
+
+
+def chat_body(
+    messages: list[dict[str, Any]], model: str, *, stream: bool, **kwargs: Any
+) -> dict[str, Any]:
+    """The chat-completions request body; usage is requested only on streams."""
+    body: dict[str, Any] = {**kwargs, "model": model, "messages": messages, "stream": stream}
+    if stream:
+        body["stream_options"] = {**(kwargs.get("stream_options") or {}), "include_usage": True}
+    else:
+        body.pop("stream_options", None)
+    return body
+
+
+def responses_body(
+    input_: str | list[dict[str, Any]], model: str, *, stream: bool, **kwargs: Any
+) -> dict[str, Any]:
+    body: dict[str, Any] = {**kwargs, "model": model, "input": input_, "stream": stream}
+    body.pop("stream_options", None)
+    return body
+
+
+def data_auth(config: Config) -> httpx.Auth | None:
+    if config.has_credentials():
+        return AgentrunRamAuth(
+            config.get_access_key_id(),
+            config.get_access_key_secret(),
+            config.get_region_id(),
+            config.get_security_token(),
+        )
+    if config.api_key:
+        return ApiKeyAuth(config.api_key, config.get_api_key_header())
+    return None
+
+
+class DataAPI:
+    """Inference calls for one proxy and one resolved `Config`."""
+
+    def __init__(self, proxy_name: str, config: Config) -> None:
+        self.proxy_name = proxy_name
+        self._config = config
+
+    def base_url(self) -> str:
+        name = quote(self.proxy_name, safe="")
+        return f"{self._config.get_data_endpoint()}/models/{name}/v1"
+
+    async def chat(self, body: dict[str, Any]) -> ChatCompletion:
+        response = await self._post("/chat/completions", body)
+        return ChatCompletion.model_validate(response.json())
+
+    async def chat_stream(self, body: dict[str, Any]) -> AsyncIterator[ChatCompletionChunk]:
+        async with self._stream("/chat/completions", body) as response:
+            with mapped_transport_errors(streaming=True):
+                async for chunk in chat_chunks(EventSource(response).aiter_sse()):
+                    yield chunk
+
+    async def responses(self, body: dict[str, Any]) -> ResponseObject:
+        response = await self._post("/responses", body)
+        return ResponseObject.model_validate(response.json())
+
+    async def responses_stream(
+        self, body: dict[str, Any]
+    ) -> AsyncIterator[ResponseStreamEvent]:
+        async with self._stream("/responses", body) as response:
+            with mapped_transport_errors(streaming=True):
+                async for event in response_events(EventSource(response).aiter_sse()):
+                    yield event
+
+    async def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
+        return await send(
+            self._config, "POST", self.base_url() + path, json_body=body,
+            headers=self._config.get_headers(), auth=data_auth(self._config),
+        )
+
+    def _stream(self, path: str, body: dict[str, Any]) -> Any:
+        headers = {**self._config.get_headers(), "accept": "text/event-stream"}
+        return open_stream(
+            self._config, self.base_url() + path, json_body=body, headers=headers,
+            auth=data_auth(self._config),
+        )

@@ -1,0 +1,1 @@
+"""A local ModelProxy service: both planes, the lifecycle, policies and fault injection."""

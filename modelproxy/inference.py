@@ -1,0 +1,116 @@
+"""Typed OpenAI-compatible inference payloads (chat completions and the Responses API).
+
+Field names are the wire's own (snake_case); unknown fields are kept.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class Usage(_Open):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class ChatMessage(_Open):
+    role: str = "assistant"
+    content: str | None = None
+
+
+class ChatChoice(_Open):
+    index: int = 0
+    message: ChatMessage = Field(default_factory=ChatMessage)
+    finish_reason: str | None = None
+
+
+class ChatCompletion(_Open):
+    id: str = ""
+    object: str = "chat.completion"
+    created: int = 0
+    model: str = ""
+    choices: list[ChatChoice] = Field(default_factory=list)
+    usage: Usage | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(choice.message.content or "" for choice in self.choices[:1])
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self.choices[0].finish_reason if self.choices else None
+
+
+class ChunkDelta(_Open):
+    role: str | None = None
+    content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+
+
+class ChunkChoice(_Open):
+    index: int = 0
+    delta: ChunkDelta = Field(default_factory=ChunkDelta)
+    finish_reason: str | None = None
+
+
+class ChatCompletionChunk(_Open):
+    id: str = ""
+    object: str = "chat.completion.chunk"
+    created: int = 0
+    model: str = ""
+    # Empty in the final usage chunk: consumers must not index choices[0] blindly.
+    choices: list[ChunkChoice] = Field(default_factory=list)
+    usage: Usage | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(choice.delta.content or "" for choice in self.choices if choice.index == 0)
+
+    @property
+    def finish_reason(self) -> str | None:
+        return next((c.finish_reason for c in self.choices if c.finish_reason), None)
+
+
+class ResponseUsage(_Open):
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+
+
+class ResponseObject(_Open):
+    id: str = ""
+    object: str = "response"
+    status: str | None = None
+    model: str = ""
+    output: list[dict[str, Any]] = Field(default_factory=list)
+    usage: ResponseUsage | None = None
+
+    @property
+    def output_text(self) -> str:
+        """The concatenated `output_text` parts of the assistant messages."""
+        parts: list[str] = []
+        for item in self.output:
+            if item.get("type") != "message":
+                continue
+            for content in item.get("content") or []:
+                if content.get("type") == "output_text":
+                    parts.append(str(content.get("text", "")))
+        return "".join(parts)
+
+
+class ResponseStreamEvent(_Open):
+    type: str
+    sequence_number: int | None = None
+    delta: str | None = None
+    response: ResponseObject | None = None
+
+    @property
+    def text(self) -> str:
+        return self.delta or "" if self.type == "response.output_text.delta" else ""

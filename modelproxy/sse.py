@@ -1,0 +1,73 @@
+"""Pure decoding of server-sent events into typed chunks (fed `httpx_sse` events).
+
+A chat stream ends with `data: [DONE]`; a Responses stream ends with `response.completed`.
+A stream that stops before its end marker is an interrupted stream, never a silent success.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from httpx_sse import ServerSentEvent
+
+from modelproxy.errors import ServerError, StreamInterruptedError
+from modelproxy.inference import ChatCompletionChunk, ResponseStreamEvent
+
+DONE = "[DONE]"
+RESPONSE_END_EVENTS = frozenset({"response.completed", "response.incomplete"})
+RESPONSE_ERROR_EVENTS = frozenset({"error", "response.failed"})
+
+
+@dataclass(frozen=True)
+class StreamError:
+    """An error object sent inside the stream (some gateways do this instead of a status)."""
+
+    message: str
+
+
+def decode_chat_event(event: ServerSentEvent) -> ChatCompletionChunk | StreamError | None:
+    """One SSE event of a chat stream: a chunk, an in-band error, or None for [DONE]."""
+    if event.data.strip() == DONE:
+        return None
+    payload = json.loads(event.data)
+    if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
+        return StreamError(str(payload["error"].get("message", "stream error")))
+    return ChatCompletionChunk.model_validate(payload)
+
+
+def decode_response_event(event: ServerSentEvent) -> ResponseStreamEvent:
+    payload = json.loads(event.data)
+    if "type" not in payload and event.event and event.event != "message":
+        payload["type"] = event.event
+    return ResponseStreamEvent.model_validate(payload)
+
+
+async def chat_chunks(events: AsyncIterator[ServerSentEvent]) -> AsyncIterator[ChatCompletionChunk]:
+    async for event in events:
+        if not event.data:
+            continue
+        decoded = decode_chat_event(event)
+        if decoded is None:
+            return
+        if isinstance(decoded, StreamError):
+            raise ServerError(decoded.message, status_code=500)
+        yield decoded
+    raise StreamInterruptedError("chat stream ended before [DONE]")
+
+
+async def response_events(
+    events: AsyncIterator[ServerSentEvent],
+) -> AsyncIterator[ResponseStreamEvent]:
+    async for event in events:
+        if not event.data or event.data.strip() == DONE:
+            continue
+        decoded = decode_response_event(event)
+        if decoded.type in RESPONSE_ERROR_EVENTS:
+            message = str((decoded.model_extra or {}).get("message", "response failed"))
+            raise ServerError(message, status_code=500)
+        yield decoded
+        if decoded.type in RESPONSE_END_EVENTS:
+            return
+    raise StreamInterruptedError("responses stream ended before response.completed")

@@ -1,0 +1,160 @@
+"""The one HTTP boundary: a shared `httpx.AsyncClient` per event loop on the aiohttp
+transport, and the mapping of httpx failures and error statuses to `modelproxy.errors`.
+
+Plain httpx's connection pool collapses past ~10 concurrent requests (encode/httpx#3215);
+the aiohttp transport keeps the httpx API and holds hundreds of requests in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import weakref
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import Any
+
+import aiohttp
+import httpx
+from httpx_aiohttp import AiohttpTransport
+
+from modelproxy.config import Config
+from modelproxy.errors import (
+    APIConnectionError,
+    APITimeoutError,
+    CertificateError,
+    HTTPError,
+    StreamInterruptedError,
+    TransportError,
+    error_from_response,
+)
+
+USER_AGENT = "mpq-modelproxy/0.1"
+# No pool cap: the caller's own concurrency (Celery slots, rate limits) is the limit.
+POOL_LIMITS = httpx.Limits(max_connections=None, max_keepalive_connections=1000)
+
+_clients: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[bool | str, httpx.AsyncClient]
+] = weakref.WeakKeyDictionary()
+
+
+def shared_client(verify: bool | str = True) -> httpx.AsyncClient:
+    """The client for the running loop (one connection pool per loop and TLS setting)."""
+    loop = asyncio.get_running_loop()
+    per_loop = _clients.setdefault(loop, {})
+    client = per_loop.get(verify)
+    if client is None or client.is_closed:
+        client = httpx.AsyncClient(
+            transport=AiohttpTransport(verify=_ssl_verify(verify), limits=POOL_LIMITS),
+            headers={"user-agent": USER_AGENT},
+        )
+        per_loop[verify] = client
+    return client
+
+
+def _ssl_verify(verify: bool | str) -> bool | ssl.SSLContext:
+    """A CA file path becomes a context (httpx deprecates `verify=<str>`)."""
+    return ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
+
+
+async def close_shared_clients() -> None:
+    """Close this loop's clients (call before the loop ends, e.g. at worker shutdown)."""
+    loop = asyncio.get_running_loop()
+    for client in _clients.pop(loop, {}).values():
+        await client.aclose()
+
+
+def timeout_for(config: Config) -> httpx.Timeout:
+    return httpx.Timeout(config.get_timeout_s(), connect=config.get_connect_timeout_s())
+
+
+def classify_transport_error(exc: BaseException, *, streaming: bool) -> type[TransportError]:
+    """Our error class for an httpx failure, judged by its root aiohttp cause where there is
+    one (httpx-aiohttp maps every aiohttp connection error to `ConnectTimeout`)."""
+    cause = exc.__cause__ or exc
+    if isinstance(cause, aiohttp.ClientConnectorCertificateError | ssl.SSLCertVerificationError):
+        return CertificateError
+    if isinstance(cause, TimeoutError | httpx.TimeoutException):  # aiohttp's are TimeoutErrors
+        return APITimeoutError
+    if isinstance(cause, aiohttp.ClientPayloadError | httpx.RemoteProtocolError | httpx.ReadError):
+        return StreamInterruptedError if streaming else APIConnectionError
+    if isinstance(cause, aiohttp.ServerDisconnectedError) and streaming:
+        return StreamInterruptedError
+    return APIConnectionError
+
+
+@contextlib.contextmanager
+def mapped_transport_errors(*, streaming: bool = False) -> Iterator[None]:
+    """Translate httpx exceptions into ours (the single place that does)."""
+    try:
+        yield
+    except httpx.TransportError as exc:
+        cls = classify_transport_error(exc, streaming=streaming)
+        raise cls(f"{cls.__name__}: {exc}") from exc
+
+
+def raise_for_status(response: httpx.Response) -> None:
+    if response.status_code >= 400:
+        raise error_from_response(response.status_code, response.content, response.headers)
+
+
+async def send(
+    config: Config,
+    method: str,
+    url: str,
+    *,
+    json_body: Any = None,
+    params: Mapping[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
+    auth: httpx.Auth | None = None,
+    extensions: dict[str, Any] | None = None,
+) -> httpx.Response:
+    """One request; returns a 2xx/3xx response or raises an `HTTPError`/`TransportError`."""
+    client = shared_client(config.get_verify_tls())
+    request = client.build_request(
+        method, url, json=json_body, params=params, headers=headers,
+        timeout=timeout_for(config), extensions=extensions,
+    )
+    with mapped_transport_errors():
+        response = await client.send(request, auth=auth or httpx.USE_CLIENT_DEFAULT)
+    raise_for_status(response)
+    return response
+
+
+@contextlib.asynccontextmanager
+async def open_stream(
+    config: Config,
+    url: str,
+    *,
+    json_body: Any,
+    headers: Mapping[str, str] | None = None,
+    auth: httpx.Auth | None = None,
+) -> AsyncIterator[httpx.Response]:
+    """POST and yield the open streaming response; error statuses raise before any byte."""
+    client = shared_client(config.get_verify_tls())
+    request = client.build_request(
+        "POST", url, json=json_body, headers=headers, timeout=timeout_for(config)
+    )
+    with mapped_transport_errors():
+        response = await client.send(
+            request, auth=auth or httpx.USE_CLIENT_DEFAULT, stream=True
+        )
+    try:
+        if response.status_code >= 400:
+            with mapped_transport_errors():
+                await response.aread()
+            raise_for_status(response)
+        yield response
+    finally:
+        await response.aclose()
+
+
+__all__ = [
+    "HTTPError",
+    "close_shared_clients",
+    "mapped_transport_errors",
+    "open_stream",
+    "send",
+    "shared_client",
+    "timeout_for",
+]

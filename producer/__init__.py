@@ -1,0 +1,1 @@
+"""mpq's front door: the Python API and the `mpq` command line."""

@@ -1,0 +1,306 @@
+"""JobStore against real servers: the embedded Valkey, and the system Redis
+(redis://127.0.0.1:6379/0) when CI is set or that server answers.
+
+Each test works under its own random key prefix and deletes only those keys,
+so a shared server is never flushed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from worker.contract import BatchStatus, ChunkEntry, JobRecord, JobStatus
+from worker.embedded_redis import EmbeddedRedis, redis_server
+from worker.keys import Keys
+from worker.store import JobStore
+
+SYSTEM_REDIS_URL = "redis://127.0.0.1:6379/0"
+RETENTION_S = 300
+
+
+@functools.cache
+def _system_redis_wanted() -> bool:
+    if os.environ.get("CI"):
+        return True  # CI starts it; a missing server must fail, not skip
+    try:
+        with redis.Redis.from_url(SYSTEM_REDIS_URL, socket_connect_timeout=0.5) as client:
+            return bool(client.ping())
+    except redis.RedisError:
+        return False
+
+
+@pytest.fixture(params=["embedded", "system"])
+def server_url(request: pytest.FixtureRequest) -> str:
+    if request.param == "system":
+        if not _system_redis_wanted():
+            pytest.skip("no Redis at 127.0.0.1:6379 and CI not set")
+        return SYSTEM_REDIS_URL
+    url: str = request.getfixturevalue("redis_url")
+    return url
+
+
+@pytest.fixture
+def keys() -> Keys:
+    return Keys(f"mpqtest-{uuid.uuid4().hex}:")
+
+
+@pytest.fixture
+async def client(server_url: str, keys: Keys) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(server_url, decode_responses=True)
+    yield client
+    async for key in client.scan_iter(match=keys.pattern(), count=500):
+        await client.unlink(key)
+    await client.aclose()
+
+
+@pytest.fixture
+def store(client: aioredis.Redis, keys: Keys) -> JobStore:
+    return JobStore(client, keys, retention_s=RETENTION_S)
+
+
+def _records(n: int, **fields: object) -> list[JobRecord]:
+    return [
+        JobRecord.model_validate(
+            {"kind": "chat", "proxy": "p1", "request": {"n": i, "text": "héllo"}, **fields}
+        )
+        for i in range(n)
+    ]
+
+
+async def _counts(store: JobStore, batch_id: str) -> dict[str, int]:
+    batch = await store.batch(batch_id)
+    assert batch is not None
+    return {status.value: n for status, n in batch.counts.items() if n}
+
+
+async def test_round_trip(store: JobStore) -> None:
+    records = _records(3, custom_id="line")
+    stored = await store.create_jobs(records, batch_id="b1")
+    assert [r.batch_id for r in stored] == ["b1"] * 3
+    for record in stored:
+        assert await store.load(record.id) == record
+    assert await store.load("missing") is None
+    assert await store.batch_job_ids("b1") == [r.id for r in records]
+    batch = await store.batch("b1")
+    assert batch is not None
+    assert (batch.total, batch.status, batch.done) == (3, BatchStatus.IN_PROGRESS, 0)
+    assert await _counts(store, "b1") == {"queued": 3}
+    assert await store.batch("missing") is None
+
+
+async def test_round_trip_without_decode_responses(server_url: str, keys: Keys) -> None:
+    raw_client = aioredis.Redis.from_url(server_url)
+    try:
+        store = JobStore(raw_client, keys, retention_s=RETENTION_S)
+        [record] = await store.create_jobs(_records(1), batch_id="b1")
+        assert await store.load(record.id) == record
+        assert await store.batch_job_ids("b1") == [record.id]
+        assert await store.mark_running(record.id, 1, "w1")
+        await store.append_chunks(record.id, [ChunkEntry(attempt=1, seq=0, kind="done")])
+        [(_, entry)] = await store.read_chunks(record.id)
+        assert entry.kind == "done"
+    finally:
+        async for key in raw_client.scan_iter(match=keys.pattern()):
+            await raw_client.unlink(key)
+        await raw_client.aclose()
+
+
+async def test_batches_grow_across_calls(store: JobStore) -> None:
+    first, second = _records(2), _records(3)
+    await store.create_jobs(first, batch_id="b1")
+    await store.create_jobs(second, batch_id="b1")
+    assert await store.batch_job_ids("b1") == [r.id for r in first + second]
+    assert await store.batch_job_ids("b1", 1, 2) == [first[1].id, second[0].id]
+    assert await _counts(store, "b1") == {"queued": 5}
+
+
+async def test_finish_fenced_by_attempt(store: JobStore) -> None:
+    [job] = await store.create_jobs(_records(1), batch_id="b1")
+    assert await store.mark_running(job.id, 2, "w1")
+    assert not await store.mark_running(job.id, 1, "w-stale")
+    assert not await store.finish(job.id, 1, JobStatus.FAILED, error="stale")
+    assert await store.finish(job.id, 2, JobStatus.SUCCEEDED, result={"ok": 1}, usage={"t": 3})
+    assert not await store.finish(job.id, 2, JobStatus.FAILED, error="dup")
+    assert not await store.finish(job.id, 3, JobStatus.FAILED, error="later")
+    assert not await store.mark_running(job.id, 3, "w2")
+    assert not await store.cancel(job.id)
+    done = await store.load(job.id)
+    assert done is not None
+    assert (done.status, done.attempt, done.worker) == (JobStatus.SUCCEEDED, 2, "w1")
+    assert (done.result, done.usage, done.error) == ({"ok": 1}, {"t": 3}, None)
+    assert done.finished_at is not None
+    assert await _counts(store, "b1") == {"succeeded": 1}
+
+
+async def test_retry_path_keeps_one_error_per_attempt(store: JobStore) -> None:
+    [job] = await store.create_jobs(_records(1), batch_id="b1")
+    assert await store.mark_running(job.id, 1, "w1")
+    assert await _counts(store, "b1") == {"running": 1}
+    assert await store.mark_retrying(job.id, 1, "503 upstream")
+    assert not await store.mark_retrying(job.id, 1, "503 upstream")  # redelivered report
+    assert await _counts(store, "b1") == {"retrying": 1}
+    assert await store.mark_running(job.id, 2, "w2")
+    assert await store.mark_running(job.id, 2, "w3")  # redelivered after a crash
+    assert await store.finish(job.id, 2, JobStatus.FAILED, error="400 bad request")
+    done = await store.load(job.id)
+    assert done is not None
+    assert done.errors == ["503 upstream", "400 bad request"]
+    assert (done.error, done.worker) == ("400 bad request", "w3")
+    assert await _counts(store, "b1") == {"failed": 1}
+
+
+async def test_cancel(store: JobStore) -> None:
+    queued, running = await store.create_jobs(_records(2), batch_id="b1")
+    assert await store.mark_running(running.id, 4, "w1")
+    assert await store.cancel(queued.id)
+    assert await store.cancel(running.id)
+    assert not await store.cancel(running.id)
+    assert not await store.finish(running.id, 4, JobStatus.SUCCEEDED, result={})
+    record = await store.load(running.id)
+    assert record is not None
+    assert (record.status, record.attempt) == (JobStatus.CANCELLED, 4)
+    assert await _counts(store, "b1") == {"cancelled": 2}
+    assert not await store.cancel("missing")
+
+
+async def test_finish_needs_final_status(store: JobStore) -> None:
+    with pytest.raises(ValueError, match="final status"):
+        await store.finish("x", 1, JobStatus.RUNNING)
+
+
+async def test_unknown_job_never_moves(store: JobStore, client: aioredis.Redis, keys: Keys) -> None:
+    assert not await store.mark_running("ghost", 1, "w1")
+    assert not await store.mark_retrying("ghost", 1, "x")
+    assert not await store.finish("ghost", 1, JobStatus.SUCCEEDED)
+    assert await client.exists(keys.job("ghost"), keys.job_chunks("ghost")) == 0
+
+
+async def test_concurrent_duplicate_finishes_count_once(store: JobStore) -> None:
+    jobs = await store.create_jobs(_records(10), batch_id="b1")
+    await asyncio.gather(*(store.mark_running(j.id, 1, "w1") for j in jobs))
+
+    async def reporter(n: int) -> list[bool]:
+        status = JobStatus.SUCCEEDED if n % 2 else JobStatus.FAILED
+        attempt = 0 if n % 5 == 0 else 1  # some stale reports from an older attempt
+        return [await store.finish(j.id, attempt, status, error=f"r{n}") for j in jobs]
+
+    won = await asyncio.gather(*(reporter(n) for n in range(20)))
+    assert sum(map(sum, won)) == len(jobs)
+    final = [await store.load(j.id) for j in jobs]
+    expected = Counter(r.status.value for r in final if r is not None)
+    counts = await _counts(store, "b1")
+    assert counts == dict(expected)
+    assert sum(counts.values()) == len(jobs)
+    events = await store.read_batch_events("b1")
+    assert sorted(e["job_id"] for _, e in events) == sorted(j.id for j in jobs)
+    batch = await store.batch("b1")
+    assert batch is not None
+    assert (batch.status, batch.done) == (BatchStatus.FINISHED, 10)
+    assert all(r is not None and len(r.errors) <= 1 for r in final)
+
+
+async def test_retention_ttl_applied_at_finish(
+    store: JobStore, client: aioredis.Redis, keys: Keys
+) -> None:
+    first, second = await store.create_jobs(_records(2), batch_id="b1")
+    await store.append_chunks(first.id, [ChunkEntry(attempt=1, seq=0, kind="done")])
+    assert await client.ttl(keys.job(first.id)) == -1
+    assert await store.finish(first.id, 1, JobStatus.SUCCEEDED, result={})
+    for key in (keys.job(first.id), keys.job_chunks(first.id)):
+        assert 0 < await client.ttl(key) <= RETENTION_S
+    assert await client.ttl(keys.batch("b1")) == -1  # the batch is still open
+
+    assert await store.finish(second.id, 1, JobStatus.FAILED, error="x")
+    for key in (keys.batch("b1"), keys.batch_jobs("b1"), keys.batch_events("b1")):
+        assert 0 < await client.ttl(key) <= RETENTION_S
+
+
+async def test_chunks_in_order(store: JobStore) -> None:
+    [job] = await store.create_jobs(_records(1))
+    deltas = [ChunkEntry(attempt=1, seq=i, kind="delta", data=f'"t{i}"') for i in range(40)]
+    ids = await store.append_chunks(job.id, deltas[:25])
+    ids += await store.append_chunks(
+        job.id, [*deltas[25:], ChunkEntry(attempt=1, seq=40, kind="done")]
+    )
+    assert await store.append_chunks(job.id, []) == []
+    read = await store.read_chunks(job.id)
+    assert [entry_id for entry_id, _ in read] == ids
+    assert [e.seq for _, e in read] == list(range(41))
+    assert read[-1][1].kind == "done"
+    assert read[3][1].payload() == "t3"
+    assert await store.read_chunks(job.id, last_id=ids[-1]) == []
+    page = await store.read_chunks(job.id, last_id=ids[9], count=5)
+    assert [e.seq for _, e in page] == [10, 11, 12, 13, 14]
+
+
+async def test_read_chunks_blocks_until_one_arrives(store: JobStore) -> None:
+    [job] = await store.create_jobs(_records(1))
+    [first] = await store.append_chunks(job.id, [ChunkEntry(attempt=1, seq=0, kind="delta")])
+    waiter = asyncio.create_task(store.read_chunks(job.id, last_id=first, block_ms=5_000))
+    await asyncio.sleep(0.05)
+    await store.append_chunks(job.id, [ChunkEntry(attempt=2, seq=0, kind="error")])
+    [(_, entry)] = await asyncio.wait_for(waiter, timeout=5)
+    assert (entry.attempt, entry.kind) == (2, "error")
+    assert await store.read_chunks(job.id, last_id="$", block_ms=10) == []
+
+
+# -- the embedded server itself -----------------------------------------------
+
+
+async def test_restart_keeps_data_with_appendonly() -> None:
+    keys = Keys("mpqtest:")
+    with EmbeddedRedis(appendonly=True) as server:
+        url = server.url
+        client = aioredis.Redis.from_url(url, decode_responses=True)
+        store = JobStore(client, keys, retention_s=RETENTION_S)
+        [job] = await store.create_jobs(_records(1), batch_id="b1")
+        await client.aclose()
+
+        server.restart()
+        assert server.url == url
+        client = aioredis.Redis.from_url(url, decode_responses=True)
+        store = JobStore(client, keys, retention_s=RETENTION_S)
+        assert await store.load(job.id) == job
+        assert await store.mark_running(job.id, 1, "w1")  # scripts load again after restart
+        assert await _counts(store, "b1") == {"running": 1}
+        await client.aclose()
+
+
+def test_stop_removes_private_dir_only(tmp_path: Path) -> None:
+    server = EmbeddedRedis()
+    server.start()
+    private = server.data_dir
+    assert private.is_dir()
+    server.stop()
+    server.stop()  # repeated stop is harmless
+    assert not private.exists()
+
+    given = tmp_path / "data"
+    with EmbeddedRedis(data_dir=given) as kept:
+        assert kept.data_dir == given
+        with redis.Redis.from_url(kept.url) as client:
+            assert client.ping()
+    assert given.is_dir()
+
+
+def test_redis_server_passes_a_given_url_through() -> None:
+    with redis_server("redis://example.invalid:6390/2") as url:
+        assert url == "redis://example.invalid:6390/2"
+
+
+def test_redis_server_embedded_url() -> None:
+    with redis_server(None) as url:
+        assert url.startswith("redis://127.0.0.1:")
+        assert url.endswith("/0")
+        with redis.Redis.from_url(url) as client:
+            assert client.ping()

@@ -1,0 +1,1 @@
+"""mpq worker: Celery tasks, the Redis job store and the embedded Redis default."""

@@ -1,0 +1,183 @@
+"""The job contract shared by worker and producer.
+
+A job record lives in Redis as a flat hash of strings: scalar fields as plain
+text (so Lua scripts and ``HGET`` read them directly), nested fields as JSON,
+``None`` as an absent field. Nothing here touches Redis; `worker.store` does.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Any, ClassVar, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# A hash reply: str or bytes keys and values, with or without decode_responses.
+RedisHash = Mapping[Any, Any]
+
+
+class JobKind(StrEnum):
+    CHAT = "chat"
+    RESPONSES = "responses"
+    MGMT_CREATE = "mgmt_create"
+    MGMT_UPDATE = "mgmt_update"
+    MGMT_DELETE = "mgmt_delete"
+    MGMT_GET = "mgmt_get"
+    MGMT_LIST = "mgmt_list"
+    MGMT_REFRESH = "mgmt_refresh"
+    MGMT_WAIT = "mgmt_wait"
+
+    @property
+    def is_management(self) -> bool:
+        return self.value.startswith("mgmt_")
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    # Set below: members cannot be named in the class body that defines them.
+    FINAL: ClassVar[frozenset[JobStatus]]
+
+    @property
+    def is_final(self) -> bool:
+        return self in JobStatus.FINAL
+
+
+# The statuses a job never leaves; lua/job_common.lua lists the same three.
+JobStatus.FINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+FINAL = JobStatus.FINAL
+
+
+class BatchStatus(StrEnum):
+    IN_PROGRESS = "in_progress"
+    FINISHED = "finished"
+
+
+def new_id() -> str:
+    """A job or batch id: hex only, so it is safe in keys and SCAN patterns."""
+    return uuid.uuid4().hex
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def decode_hash(raw: RedisHash) -> dict[str, str]:
+    """Accept replies from clients with or without ``decode_responses``."""
+    return {_text(k): _text(v) for k, v in raw.items()}
+
+
+class JobRecord(BaseModel):
+    """One job: what to run, and what became of it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    JSON_FIELDS: ClassVar[frozenset[str]] = frozenset({"request", "result", "errors", "usage"})
+
+    id: str = Field(default_factory=new_id, min_length=1)
+    kind: JobKind
+    proxy: str
+    request: dict[str, Any]
+    status: JobStatus = JobStatus.QUEUED
+    attempt: int = Field(default=0, ge=0)
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    errors: list[str] = Field(default_factory=list)  # one per failed attempt, in order
+    usage: dict[str, Any] | None = None
+    batch_id: str | None = None
+    custom_id: str | None = None
+    created_at: float = Field(default_factory=time.time)
+    started_at: float | None = None  # start of the latest attempt
+    finished_at: float | None = None
+    worker: str | None = None
+
+    def to_redis(self) -> dict[str, str]:
+        """Flat hash fields; ``None`` fields are left out (HSET cannot store None)."""
+        out: dict[str, str] = {}
+        for name, value in self.model_dump(mode="json").items():
+            if value is None:
+                continue
+            if name in self.JSON_FIELDS:
+                out[name] = json.dumps(value, separators=(",", ":"))
+            else:
+                out[name] = str(value)
+        return out
+
+    @classmethod
+    def from_redis(cls, raw: RedisHash) -> Self:
+        fields: dict[str, Any] = decode_hash(raw)
+        for name in cls.JSON_FIELDS & fields.keys():
+            fields[name] = json.loads(fields[name])
+        return cls.model_validate(fields)
+
+
+class BatchRecord(BaseModel):
+    """A batch's progress, as kept in the ``batch:{id}`` hash."""
+
+    id: str
+    total: int = 0
+    counts: dict[JobStatus, int] = Field(default_factory=dict)
+    status: BatchStatus = BatchStatus.IN_PROGRESS
+    created_at: float | None = None
+    finished_at: float | None = None
+
+    @property
+    def done(self) -> int:
+        """How many jobs reached a final status."""
+        return sum(self.counts.get(status, 0) for status in FINAL)
+
+    @classmethod
+    def from_redis(cls, batch_id: str, raw: RedisHash) -> Self:
+        fields = decode_hash(raw)
+        counts = {status: int(fields.get(status.value, 0)) for status in JobStatus}
+        return cls.model_validate(
+            {
+                "id": batch_id,
+                "total": fields.get("total", 0),
+                "counts": counts,
+                "status": fields.get("status", BatchStatus.IN_PROGRESS),
+                "created_at": fields.get("created_at"),
+                "finished_at": fields.get("finished_at"),
+            }
+        )
+
+
+ChunkKind = Literal["delta", "done", "error"]
+
+
+class ChunkEntry(BaseModel):
+    """One entry of a job's chunk stream; ``data`` is a JSON document as text.
+
+    Every attempt numbers its chunks from ``seq`` 0, so a consumer that sees a
+    new ``attempt`` knows the earlier attempt's output is void.
+    """
+
+    attempt: int = Field(ge=0)
+    seq: int = Field(ge=0)
+    kind: ChunkKind
+    data: str = "null"
+
+    def to_redis(self) -> dict[str, str]:
+        return {
+            "attempt": str(self.attempt),
+            "seq": str(self.seq),
+            "kind": self.kind,
+            "data": self.data,
+        }
+
+    def payload(self) -> Any:
+        """``data`` decoded."""
+        return json.loads(self.data)
+
+    @classmethod
+    def from_redis(cls, raw: RedisHash) -> Self:
+        return cls.model_validate(decode_hash(raw))

@@ -1,0 +1,41 @@
+-- Writes a job's final state exactly once, fenced by attempt.
+-- KEYS[1]  job hash        KEYS[2]  the job's chunk stream
+-- ARGV     job id, attempt ('' = not fenced: a cancel), final status, now,
+--          retention_s, batch / batch jobs / batch events key templates,
+--          error as a JSON string or '', then field/value pairs to set
+-- Returns 1 if this call wrote the final state, 0 if refused.
+local job_key, chunks_key = KEYS[1], KEYS[2]
+local job_id, attempt, status, now, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local templates = {ARGV[6], ARGV[7], ARGV[8]}
+local job = load_job(job_key)
+
+if attempt == '' then
+  attempt = job.attempt
+end
+if refused(job, attempt) then
+  return 0
+end
+
+write_job(job_key, job, status, attempt, ARGV[9], 10)
+redis.call('HSET', job_key, 'finished_at', now)
+redis.call('EXPIRE', job_key, ttl)
+redis.call('EXPIRE', chunks_key, ttl)
+if not job.batch_id then
+  return 1
+end
+
+local batch_key = fill(templates[1], job.batch_id)
+move_count(batch_key, job.status, status)
+redis.call('XADD', fill(templates[3], job.batch_id), '*',
+  'job_id', job_id, 'status', status, 'attempt', attempt)
+
+-- The last job to finish closes the batch and starts its retention clock.
+local b = redis.call('HMGET', batch_key, 'total', 'succeeded', 'failed', 'cancelled')
+local done = (tonumber(b[2]) or 0) + (tonumber(b[3]) or 0) + (tonumber(b[4]) or 0)
+if done >= (tonumber(b[1]) or 0) then
+  redis.call('HSET', batch_key, 'status', 'finished', 'finished_at', now)
+  for _, template in ipairs(templates) do
+    redis.call('EXPIRE', fill(template, job.batch_id), ttl)
+  end
+end
+return 1

@@ -1,0 +1,239 @@
+"""Job records, chunk streams and batch state in Redis.
+
+Every state change of a job goes through a Lua script (`lua/`), so the check
+"is it final? is this attempt current?" and the write are one atomic step:
+with at-least-once delivery the same job can be reported twice, and the
+batch counters must still move exactly once.
+
+The scripts find a job's batch keys from the ``batch_id`` in its hash, so they
+touch keys they were not handed: fine on one server, not on Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
+from redis.typing import EncodableT, FieldT
+
+from worker.contract import (
+    FINAL,
+    BatchRecord,
+    BatchStatus,
+    ChunkEntry,
+    JobRecord,
+    JobStatus,
+    decode_hash,
+)
+from worker.keys import Keys
+
+_LUA_DIR = Path(__file__).with_name("lua")
+_ID_SLOT = "{id}"  # where job_common.lua's fill() puts an id into a key template
+_RPUSH_CHUNK = 10_000  # ids per RPUSH, keeps single commands reasonable
+
+StreamEntries = list[tuple[str, dict[str, str]]]
+
+
+@functools.cache
+def _lua(name: str) -> str:
+    common = (_LUA_DIR / "job_common.lua").read_text(encoding="utf-8")
+    return common + "\n" + (_LUA_DIR / name).read_text(encoding="utf-8")
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"))
+
+
+def _mapping(fields: Mapping[str, str]) -> dict[FieldT, EncodableT]:
+    """The same fields, typed as redis-py's stubs expect."""
+    return {name: value for name, value in fields.items()}
+
+
+def _pairs(fields: Mapping[str, str | None]) -> list[str]:
+    """Flatten to HSET arguments, leaving out None (an absent field)."""
+    return [part for name, value in fields.items() if value is not None for part in (name, value)]
+
+
+def _stream_entries(reply: Any) -> StreamEntries:
+    """XREAD's reply for one stream, from RESP2 (list) or RESP3 (dict)."""
+    if not reply:
+        return []
+    entries = next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1]
+    # Entries are (id, fields) tuples; RESP3 wraps them in one more list.
+    if entries and isinstance(entries[0], list):
+        entries = entries[0]
+    return [(_text(entry_id), decode_hash(fields)) for entry_id, fields in entries]
+
+
+class JobStore:
+    """Async access to jobs and batches; one per event loop."""
+
+    def __init__(self, redis: aioredis.Redis, keys: Keys, retention_s: int) -> None:
+        if retention_s <= 0:
+            raise ValueError(f"retention_s must be positive (got {retention_s})")
+        self._redis = redis
+        self._keys = keys
+        self.retention_s = retention_s
+        self._finish = redis.register_script(_lua("finish_job.lua"))
+        self._move = redis.register_script(_lua("move_job.lua"))
+        self._batch_templates = [
+            keys.batch(_ID_SLOT),
+            keys.batch_jobs(_ID_SLOT),
+            keys.batch_events(_ID_SLOT),
+        ]
+
+    # -- creating and reading -------------------------------------------------
+
+    async def create_jobs(
+        self, records: Sequence[JobRecord], batch_id: str | None = None
+    ) -> list[JobRecord]:
+        """Write new records in one round trip; returns them as stored.
+
+        With ``batch_id`` every record joins that batch; otherwise each joins
+        the batch it names, if any. Ids are appended to the batch's job list in
+        the order given and the batch's total and per-status counts grow.
+        """
+        if batch_id is not None:
+            records = [r.model_copy(update={"batch_id": batch_id}) for r in records]
+        groups: defaultdict[str, list[JobRecord]] = defaultdict(list)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for record in records:
+                pipe.hset(self._keys.job(record.id), mapping=_mapping(record.to_redis()))
+                if record.batch_id is not None:
+                    groups[record.batch_id].append(record)
+            for group_id, members in groups.items():
+                self._add_to_batch(pipe, group_id, members)
+            await pipe.execute()
+        return list(records)
+
+    def _add_to_batch(self, pipe: Pipeline, batch_id: str, records: list[JobRecord]) -> None:
+        key = self._keys.batch(batch_id)
+        ids = [r.id for r in records]
+        for start in range(0, len(ids), _RPUSH_CHUNK):
+            pipe.rpush(self._keys.batch_jobs(batch_id), *ids[start : start + _RPUSH_CHUNK])
+        pipe.hsetnx(key, "status", BatchStatus.IN_PROGRESS.value)
+        pipe.hsetnx(key, "created_at", str(time.time()))
+        pipe.hincrby(key, "total", len(records))
+        for status, count in Counter(r.status for r in records).items():
+            pipe.hincrby(key, status.value, count)
+
+    async def load(self, job_id: str) -> JobRecord | None:
+        raw = await self._redis.hgetall(self._keys.job(job_id))
+        return JobRecord.from_redis(raw) if raw else None
+
+    async def batch(self, batch_id: str) -> BatchRecord | None:
+        raw = await self._redis.hgetall(self._keys.batch(batch_id))
+        return BatchRecord.from_redis(batch_id, raw) if raw else None
+
+    async def batch_job_ids(self, batch_id: str, start: int = 0, stop: int = -1) -> list[str]:
+        """Job ids in input order; ``start``/``stop`` as in LRANGE (inclusive)."""
+        ids = await self._redis.lrange(self._keys.batch_jobs(batch_id), start, stop)
+        return [_text(i) for i in ids]
+
+    # -- state changes (all fenced in Lua) ------------------------------------
+
+    async def mark_running(self, job_id: str, attempt: int, worker: str) -> bool:
+        """Start ``attempt``; False if the job is missing, final, or past this attempt."""
+        fields = {"worker": worker, "started_at": str(time.time())}
+        return await self._move_job(job_id, attempt, JobStatus.RUNNING, None, fields)
+
+    async def mark_retrying(self, job_id: str, attempt: int, error: str) -> bool:
+        """Record that ``attempt`` failed and another will follow."""
+        return await self._move_job(job_id, attempt, JobStatus.RETRYING, error, {})
+
+    async def finish(
+        self,
+        job_id: str,
+        attempt: int,
+        status: JobStatus,
+        *,
+        result: dict[str, Any] | None = None,
+        error: str | None = None,
+        usage: dict[str, Any] | None = None,
+    ) -> bool:
+        """Write the final state; True only for the one call that wrote it."""
+        if status not in FINAL:
+            raise ValueError(f"finish needs a final status, not {status!r}")
+        fields = {"result": _json(result), "error": error, "usage": _json(usage)}
+        return await self._finish_job(job_id, str(attempt), status, error, fields)
+
+    async def cancel(self, job_id: str) -> bool:
+        """Make the job ``cancelled`` unless it is final already; any attempt."""
+        return await self._finish_job(job_id, "", JobStatus.CANCELLED, None, {})
+
+    async def _move_job(
+        self,
+        job_id: str,
+        attempt: int,
+        status: JobStatus,
+        error: str | None,
+        fields: Mapping[str, str | None],
+    ) -> bool:
+        batch_template = self._batch_templates[0]
+        args: list[EncodableT] = [attempt, status.value, batch_template, _json(error) or ""]
+        done = await self._move(keys=[self._keys.job(job_id)], args=[*args, *_pairs(fields)])
+        return bool(done)
+
+    async def _finish_job(
+        self,
+        job_id: str,
+        attempt: str,
+        status: JobStatus,
+        error: str | None,
+        fields: Mapping[str, str | None],
+    ) -> bool:
+        keys = [self._keys.job(job_id), self._keys.job_chunks(job_id)]
+        args: list[EncodableT] = [job_id, attempt, status.value, time.time(), self.retention_s]
+        args += [*self._batch_templates, _json(error) or "", *_pairs(fields)]
+        return bool(await self._finish(keys=keys, args=args))
+
+    # -- streams ----------------------------------------------------------------
+
+    async def append_chunks(self, job_id: str, entries: Sequence[ChunkEntry]) -> list[str]:
+        """XADD each entry, all in one round trip; returns the stream ids."""
+        if not entries:
+            return []
+        key = self._keys.job_chunks(job_id)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for entry in entries:
+                pipe.xadd(key, _mapping(entry.to_redis()))
+            ids = await pipe.execute()
+        return [_text(i) for i in ids]
+
+    async def read_chunks(
+        self,
+        job_id: str,
+        last_id: str = "0",
+        block_ms: int | None = None,
+        count: int | None = None,
+    ) -> list[tuple[str, ChunkEntry]]:
+        """Entries after ``last_id``; with ``block_ms``, wait that long for one."""
+        entries = await self._xread(self._keys.job_chunks(job_id), last_id, block_ms, count)
+        return [(entry_id, ChunkEntry.from_redis(fields)) for entry_id, fields in entries]
+
+    async def read_batch_events(
+        self,
+        batch_id: str,
+        last_id: str = "0",
+        block_ms: int | None = None,
+        count: int | None = None,
+    ) -> StreamEntries:
+        """Finished-job events (job_id, status, attempt) after ``last_id``."""
+        return await self._xread(self._keys.batch_events(batch_id), last_id, block_ms, count)
+
+    async def _xread(
+        self, key: str, last_id: str, block_ms: int | None, count: int | None
+    ) -> StreamEntries:
+        reply = await self._redis.xread({key: last_id}, count=count, block=block_ms)
+        return _stream_entries(reply)
