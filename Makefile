@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(BIN)/mpq demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check modelproxy worker producer tests bench
+	$(BIN)/ruff check .
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -14,7 +14,6 @@ from typing import Any, Literal, Self, overload
 
 from pydantic import PrivateAttr
 
-from modelproxy._portal import iterate_sync, run_sync
 from modelproxy.config import Config
 from modelproxy.control import ControlAPI
 from modelproxy.data import DataAPI, chat_body, responses_body
@@ -36,6 +35,7 @@ from modelproxy.models import (
     Status,
     model_name_for,
 )
+from modelproxy.portal import iterate_sync, run_sync
 
 LIST_PAGE_SIZE = 50
 WAIT_BACKOFF = 1.5

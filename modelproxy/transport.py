@@ -30,8 +30,10 @@ from modelproxy.errors import (
 )
 
 USER_AGENT = "mpq-modelproxy/0.1"
-# No pool cap: the caller's own concurrency (Celery slots, rate limits) is the limit.
-POOL_LIMITS = httpx.Limits(max_connections=None, max_keepalive_connections=1000)
+# The caller's own concurrency (Celery slots, rate limits) is the real limit. Not None:
+# the aiohttp transport then falls back to aiohttp's default of 100 connections.
+MAX_CONNECTIONS = 4096
+POOL_LIMITS = httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=1000)
 
 _clients: weakref.WeakKeyDictionary[
     asyncio.AbstractEventLoop, dict[bool | str, httpx.AsyncClient]

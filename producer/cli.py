@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 
 import typer
 from rich.console import Console
 
 from modelproxy import Config, ModelProxyError
+from worker.settings import Settings
 
 app = typer.Typer(
     name="mpq",
@@ -68,6 +70,44 @@ def _emulator_credentials() -> dict[str, str] | None:
     return {config.get_access_key_id(): config.get_access_key_secret()}
 
 
+def _celery_settings() -> Settings:
+    settings = Settings()
+    if not settings.redis_url:
+        fail("no Redis: set MPQ_REDIS_URL (or REDIS_URL) to the server the workers share", 2)
+    return settings
+
+
+@app.command()
+def worker(
+    queues: str = typer.Option("inference,management", help="Queues to consume."),
+    slots: int | None = typer.Option(
+        None, min=1, help="Jobs in flight in this process (default: MPQ_WORKER_SLOTS or 500)."
+    ),
+    loglevel: str = typer.Option("INFO", help="Log level."),
+    name: str | None = typer.Option(None, help="Node name (default: mpq-<pid>@host)."),
+) -> None:
+    """Run a worker: a Celery threads pool whose slots share one event loop."""
+    settings = _celery_settings()
+    from worker.app import app as celery_app  # noqa: PLC0415 - imports Celery
+
+    celery_app.worker_main([
+        "worker", "--pool=threads", f"--concurrency={slots or settings.worker_slots}",
+        "-Q", queues, f"--loglevel={loglevel}", "-n", name or f"mpq-{os.getpid()}@%h",
+    ])
+
+
+@app.command()
+def beat(loglevel: str = typer.Option("INFO", help="Log level.")) -> None:
+    """Run the scheduler: refreshes the proxy cache every MPQ_REFRESH_INTERVAL_S."""
+    _celery_settings()
+    from worker.app import app as celery_app  # noqa: PLC0415 - imports Celery
+
+    with tempfile.TemporaryDirectory(prefix="mpq-beat-") as state_dir:
+        celery_app.start([
+            "beat", f"--loglevel={loglevel}", "--schedule", f"{state_dir}/schedule",
+        ])
+
+
 @app.command()
 def demo() -> None:
     """Run the main job end to end on this machine (nothing to configure)."""
@@ -82,3 +122,7 @@ def demo() -> None:
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -16,8 +16,9 @@ import json
 import time
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
@@ -39,6 +40,20 @@ _ID_SLOT = "{id}"  # where job_common.lua's fill() puts an id into a key templat
 _RPUSH_CHUNK = 10_000  # ids per RPUSH, keeps single commands reasonable
 
 StreamEntries = list[tuple[str, dict[str, str]]]
+
+
+ClaimOutcome = Literal["claimed", "final", "busy", "missing"]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What `JobStore.claim` decided: run `attempt`, or skip / defer the delivery."""
+
+    outcome: ClaimOutcome
+    attempt: int
+    failures: int = 0  # failed attempts so far, for the retry budget
+    wait_s: float = 0.0  # with "busy": until the other delivery's lease ends
+    job: JobRecord | None = None  # with "claimed": the record as claimed
 
 
 @functools.cache
@@ -87,6 +102,8 @@ class JobStore:
         self.retention_s = retention_s
         self._finish = redis.register_script(_lua("finish_job.lua"))
         self._move = redis.register_script(_lua("move_job.lua"))
+        self._claim = redis.register_script(_lua("claim_job.lua"))
+        self._renew = redis.register_script(_lua("renew_job.lua"))
         self._batch_templates = [
             keys.batch(_ID_SLOT),
             keys.batch_jobs(_ID_SLOT),
@@ -143,14 +160,52 @@ class JobStore:
 
     # -- state changes (all fenced in Lua) ------------------------------------
 
+    async def claim(self, job_id: str, worker: str, lease_s: float) -> Claim:
+        """Start the next attempt under a lease, unless the job is final or another
+        delivery holds a live lease (see lua/claim_job.lua)."""
+        reply = await self._claim(
+            keys=[self._keys.job(job_id)],
+            args=[worker, int(lease_s * 1000), self._batch_templates[0]],
+        )
+        outcome = cast(ClaimOutcome, _text(reply[0]))
+        attempt, extra = int(reply[1]), int(reply[2])
+        if outcome == "claimed":
+            fields = reply[3]
+            raw = dict(zip(fields[::2], fields[1::2], strict=True))
+            return Claim(outcome, attempt, failures=extra, job=JobRecord.from_redis(raw))
+        return Claim(outcome, attempt, wait_s=extra / 1000)
+
+    async def renew_many(
+        self, attempts: Sequence[tuple[str, int]], lease_s: float
+    ) -> list[bool]:
+        """Extend the leases of (job id, attempt) pairs in one round trip; False for an
+        attempt that must stop (its job was cancelled, finished or superseded)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for job_id, attempt in attempts:
+                args: list[EncodableT] = [attempt, int(lease_s * 1000)]
+                await self._renew(keys=[self._keys.job(job_id)], args=args, client=pipe)
+            replies = await pipe.execute()
+        return [bool(reply) for reply in replies]
+
+    async def release(self, job_id: str, attempt: int) -> bool:
+        """Give the job back to the queue without a failure (e.g. no rate-limit permit)."""
+        fields = {"lease_until_ms": "0"}
+        return await self._move_job(job_id, attempt, JobStatus.QUEUED, None, fields)
+
     async def mark_running(self, job_id: str, attempt: int, worker: str) -> bool:
         """Start ``attempt``; False if the job is missing, final, or past this attempt."""
         fields = {"worker": worker, "started_at": str(time.time())}
         return await self._move_job(job_id, attempt, JobStatus.RUNNING, None, fields)
 
-    async def mark_retrying(self, job_id: str, attempt: int, error: str) -> bool:
-        """Record that ``attempt`` failed and another will follow."""
-        return await self._move_job(job_id, attempt, JobStatus.RETRYING, error, {})
+    async def mark_retrying(
+        self, job_id: str, attempt: int, error: str, delay_s: float = 0.0
+    ) -> bool:
+        """Record that ``attempt`` failed and another will follow, not before ``delay_s``
+        from now on the Redis clock (claims refuse until then)."""
+        seconds, micros = await self._redis.time()
+        not_before_ms = int(seconds) * 1000 + int(micros) // 1000 + int(delay_s * 1000)
+        fields = {"lease_until_ms": "0", "not_before_ms": str(not_before_ms)}
+        return await self._move_job(job_id, attempt, JobStatus.RETRYING, error, fields)
 
     async def finish(
         self,

@@ -46,4 +46,11 @@ class RequestContextMiddleware:
                     self.stats.count(route_key(scope), int(message["status"]))
             await send(message)
 
-        await self.app(scope, receive, send_with_context)
+        if not counted:
+            await self.app(scope, receive, send_with_context)
+            return
+        self.stats.enter()
+        try:
+            await self.app(scope, receive, send_with_context)
+        finally:
+            self.stats.leave()

@@ -28,6 +28,8 @@ class StatsSnapshot(BaseModel):
     by_route: dict[str, dict[str, int]]
     by_proxy: dict[str, dict[str, int]]
     events: dict[str, int]
+    in_flight: int
+    peak_in_flight: int
 
 
 @dataclass
@@ -35,6 +37,15 @@ class Stats:
     _by_route: Counter[tuple[str, int]] = field(default_factory=Counter)
     _by_proxy: Counter[tuple[str, int]] = field(default_factory=Counter)
     _events: Counter[str] = field(default_factory=Counter)
+    in_flight: int = 0  # requests being answered now (streams until their last byte)
+    peak_in_flight: int = 0
+
+    def enter(self) -> None:
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+
+    def leave(self) -> None:
+        self.in_flight -= 1
 
     def count(self, route: str, status: int) -> None:
         """One response on `route` ("METHOD /path/{template}") with `status`."""
@@ -64,6 +75,7 @@ class Stats:
         return self._events[name]
 
     def reset(self) -> None:
+        self.peak_in_flight = self.in_flight
         self._by_route.clear()
         self._by_proxy.clear()
         self._events.clear()
@@ -75,6 +87,8 @@ class Stats:
             by_route=_nest(self._by_route),
             by_proxy=_nest(self._by_proxy),
             events=dict(self._events),
+            in_flight=self.in_flight,
+            peak_in_flight=self.peak_in_flight,
         )
 
 

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
+import redis
+import redis.asyncio as aioredis
 
 from worker.embedded_redis import redis_server
+from worker.settings import Settings
 
 
 @pytest.fixture(scope="session")
@@ -16,3 +25,111 @@ def redis_url() -> Iterator[str]:
     server shared by the whole session."""
     with redis_server(os.environ.get("REDIS_URL") or None) as url:
         yield url
+
+
+@pytest.fixture
+async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    """An async client of the test server (tests keep to their own key prefix)."""
+    redis_client = aioredis.Redis.from_url(redis_url, socket_connect_timeout=2)
+    yield redis_client
+    await redis_client.aclose()
+
+
+SYSTEM_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def system_redis_answers() -> bool:
+    try:
+        client = redis.Redis.from_url(SYSTEM_REDIS_URL, socket_connect_timeout=1)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except redis.RedisError:
+        return False
+
+
+@pytest.fixture(scope="session", params=["embedded", "system"])
+def any_redis_url(request: pytest.FixtureRequest, redis_url: str) -> str:
+    """The embedded server, and the machine's Redis 7 as a second target: always in CI
+    (where it must answer), elsewhere when it happens to run. Tests keep to their prefix."""
+    if request.param == "embedded":
+        return redis_url
+    if not os.environ.get("CI") and not system_redis_answers():
+        pytest.skip(f"no Redis at {SYSTEM_REDIS_URL} (it is required when CI is set)")
+    return SYSTEM_REDIS_URL
+
+
+class WorkerProcess:
+    """A real `celery -A worker.app worker` process with its own environment."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, name: str, slots: int = 50,
+                 queues: str = "inference,management") -> None:
+        self.env = env
+        self.log_path = log_path
+        self.name = name
+        self.slots = slots
+        self.queues = queues
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float = 30) -> WorkerProcess:
+        command = [
+            sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool=threads",
+            f"--concurrency={self.slots}", "-Q", self.queues, "-n", f"{self.name}@%h",
+            "--loglevel=INFO", "--without-gossip", "--without-mingle",
+        ]
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(command, env=self.env, stdout=log,
+                                            stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout_s
+        while b" ready." not in self.log_path.read_bytes():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"worker did not start:\n{self.log()}")
+            time.sleep(0.1)
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+def worker_env(settings: Settings, modelproxy_url: str) -> dict[str, str]:
+    """The environment a worker reads: our settings plus the ModelProxy endpoints."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MPQ_", "AGENTRUN_", "ALIBABA_CLOUD_"))}
+    env.pop("REDIS_URL", None)
+    for name, value in settings.model_dump(exclude_none=True).items():
+        env[f"MPQ_{name.upper()}"] = str(value)
+    env["AGENTRUN_CONTROL_ENDPOINT"] = modelproxy_url
+    env["AGENTRUN_DATA_ENDPOINT"] = modelproxy_url
+    return env
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start worker processes for one test; all are stopped (or killed) at its end."""
+    started: list[WorkerProcess] = []
+
+    def start(settings: Settings, modelproxy_url: str, **kwargs: Any) -> WorkerProcess:
+        name = f"w{len(started)}"
+        worker = WorkerProcess(worker_env(settings, modelproxy_url),
+                               tmp_path / f"{name}.log", name, **kwargs)
+        started.append(worker)
+        return worker.start()
+
+    yield start
+    for worker in started:
+        worker.stop()

@@ -17,25 +17,12 @@ from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
 
 from worker.ratelimit import Limits, Permit, RateLimiter, Wait, limiter_keys
 from worker.ratelimit.policy import Gcra, buckets
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LEASE_TTL_S = 30.0
-
-
-@pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[Redis]:
-    redis = Redis.from_url(redis_url, socket_connect_timeout=2)
-    try:
-        await redis.ping()
-    except (RedisConnectionError, OSError) as exc:
-        await redis.aclose()
-        pytest.skip(f"no Redis server answers at {redis_url} ({exc})")
-    yield redis
-    await redis.aclose()
 
 
 @pytest.fixture

@@ -114,6 +114,21 @@ class RateLimiter:
         args: list[EncodableT] = ["reconcile", delta_tokens, *intervals_ms]
         await self._script(keys=limiter_keys(key_base), args=args)
 
+    async def settle(
+        self, key_base: str, lease_id: str, limits: Limits, delta_tokens: int
+    ) -> None:
+        """After a call: free its concurrency slot and reconcile its tokens, in one round
+        trip."""
+        b = buckets(limits, self._burst_ratio)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            await self._script(keys=limiter_keys(key_base), args=["release", lease_id],
+                               client=pipe)
+            if delta_tokens != 0 and (b.tpm is not None or b.tps is not None):
+                intervals_ms = [_interval_ms(b.tpm), _interval_ms(b.tps)]
+                args: list[EncodableT] = ["reconcile", delta_tokens, *intervals_ms]
+                await self._script(keys=limiter_keys(key_base), args=args, client=pipe)
+            await pipe.execute()
+
     async def start_cooldown(self, key_base: str, seconds: float) -> float:
         """Make every worker wait ``seconds`` (e.g. a 429's Retry-After); returns remaining_s.
 

@@ -1,10 +1,12 @@
-"""Sync twins run the async code path on one background event loop (the "portal"), so
-sync callers share its connection pool instead of opening a loop per call."""
+"""One background event loop per process (the "portal"): sync twins run the async code
+path on it, and so do Celery's worker threads, so they all share one connection pool
+instead of opening a loop per call."""
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import os
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from typing import Any, TypeVar
@@ -15,12 +17,15 @@ T = TypeVar("T")
 
 _lock = threading.Lock()
 _loop: asyncio.AbstractEventLoop | None = None
+_pid = 0
 
 
 def _portal_loop() -> asyncio.AbstractEventLoop:
-    global _loop  # noqa: PLW0603 - one loop per process, created on first use
+    global _loop, _pid  # noqa: PLW0603 - one loop per process, created on first use
     with _lock:
-        if _loop is None or _loop.is_closed():
+        # After a fork the parent's loop thread does not exist here: start a new one.
+        if _loop is None or _loop.is_closed() or _pid != os.getpid():
+            _pid = os.getpid()
             _loop = asyncio.new_event_loop()
             thread = threading.Thread(
                 target=_loop.run_forever, name="modelproxy-portal", daemon=True

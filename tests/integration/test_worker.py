@@ -1,0 +1,270 @@
+"""The worker end to end: real `celery worker` processes, a real Redis-protocol server, the
+emulator over HTTP. One shared worker serves most tests; each test has its own proxy."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import pytest
+from stack import Stack
+
+from modelproxy import Config, ModelProxy
+from modelproxy.emulator.server import EmulatorServer
+from modelproxy.emulator.settings import EmulatorSettings
+from producer.submit import cancel_batch, publish
+from worker.contract import JobKind, JobStatus
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(scope="module")
+def emulator() -> Iterator[EmulatorServer]:
+    settings = EmulatorSettings(create_delay_s=0.1, update_delay_s=0.1, delete_delay_s=0.1,
+                                tpot_s=0.005)
+    with EmulatorServer(settings=settings) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def shared_stack(any_redis_url: str, emulator: EmulatorServer) -> Iterator[Stack]:
+    from conftest import WorkerProcess, worker_env
+
+    stack = Stack.create(any_redis_url, emulator.url)
+    worker = WorkerProcess(worker_env(stack.settings, emulator.url),
+                           _log_dir() / f"shared-{stack.settings.key_prefix[:-1]}.log",
+                           "shared")
+    worker.start()
+    yield stack
+    worker.stop()
+
+
+def _log_dir() -> Any:
+    import tempfile
+    from pathlib import Path
+    path = Path(tempfile.gettempdir()) / "mpq-test-workers"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+async def stack(shared_stack: Stack) -> AsyncIterator[Stack]:
+    yield shared_stack
+    await shared_stack.close()
+
+
+async def test_chat_job_end_to_end(stack: Stack) -> None:
+    proxy = await stack.proxy()
+    job = await stack.chat(proxy)
+    done = await stack.wait(job.id)
+    assert done.status == JobStatus.SUCCEEDED, done.errors
+    direct = await (await ModelProxy.get_by_name_async(proxy, config=stack.config)
+                    ).completions_async([{"role": "user", "content": "hello queue"}])
+    assert done.result is not None
+    assert done.result["choices"][0]["message"]["content"] == direct.text
+    assert done.usage == direct.usage.model_dump()  # type: ignore[union-attr]
+    assert done.attempt == 1
+    assert done.worker
+
+
+async def test_streamed_chunks_arrive_in_order_with_a_done_entry(stack: Stack) -> None:
+    proxy = await stack.proxy()
+    job = await stack.chat(proxy, stream=True, max_tokens=30)
+    done = await stack.wait(job.id)
+    assert done.status == JobStatus.SUCCEEDED, done.errors
+    chunks = await stack.chunks(job.id)
+    assert [c.seq for c in chunks] == list(range(len(chunks)))
+    assert {c.attempt for c in chunks} == {1}
+    assert chunks[-1].kind == "done"
+    text = "".join(c.payload()["text"] for c in chunks if c.kind == "delta")
+    assert done.result is not None
+    assert text == done.result["choices"][0]["message"]["content"]
+    assert chunks[-1].payload()["usage"] == done.usage
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_responses_job(stack: Stack, stream: bool) -> None:
+    proxy = await stack.proxy()
+    job = (await stack.submit(JobKind.RESPONSES, proxy, {"input": "hi", "stream": stream}))[0]
+    done = await stack.wait(job.id)
+    assert done.status == JobStatus.SUCCEEDED, done.errors
+    assert done.result is not None
+    assert done.result["status"] == "completed"
+    assert done.usage is not None
+    assert done.usage["total_tokens"] > 0
+
+
+async def test_management_jobs(stack: Stack) -> None:
+    name = f"mgmt-{time.monotonic_ns()}"
+    spec = {"modelProxyName": name, "proxyConfig": {"endpoints": [{"modelNames": ["m1"]}]}}
+
+    async def run(kind: JobKind, **request: Any) -> Any:
+        job = (await stack.submit(kind, name, {"name": name, **request}))[0]
+        return await stack.wait(job.id)
+
+    created = await run(JobKind.MGMT_CREATE, input=spec)
+    assert created.status == JobStatus.SUCCEEDED, created.errors
+    assert created.result["status"] == "CREATING"
+    waited = await run(JobKind.MGMT_WAIT, interval_s=0.05, timeout_s=10)
+    assert waited.result["status"] == "READY"
+    again = await run(JobKind.MGMT_CREATE, input=spec)  # same spec: idempotent success
+    assert again.status == JobStatus.SUCCEEDED, again.errors
+    other = await run(JobKind.MGMT_CREATE, input={**spec, "description": "different"})
+    assert other.status == JobStatus.FAILED
+    assert "description" in (other.error or "")
+    updated = await run(JobKind.MGMT_UPDATE, input={"description": "new"})
+    assert updated.result["description"] == "new"
+    await run(JobKind.MGMT_WAIT, interval_s=0.05, timeout_s=10)
+    got = await run(JobKind.MGMT_GET)
+    assert got.result["description"] == "new"
+    listed = await run(JobKind.MGMT_LIST)
+    assert name in {p["modelProxyName"] for p in listed.result["items"]}
+    deleted = await run(JobKind.MGMT_DELETE)
+    assert deleted.result["status"] == "DELETING"
+    await asyncio.sleep(0.3)
+    gone = await run(JobKind.MGMT_DELETE)  # 404 is success
+    assert (gone.status, gone.result["status"]) == (JobStatus.SUCCEEDED, "DELETED")
+    missing = await run(JobKind.MGMT_GET)
+    assert missing.status == JobStatus.FAILED
+    assert missing.attempt == 1  # 404 is never retried
+
+
+async def test_retryable_fault_is_retried_then_succeeds(stack: Stack) -> None:
+    proxy = await stack.proxy()
+    stack.faults(proxy, error_500_rate=1.0)
+    job = await stack.chat(proxy)
+    await stack.wait(job.id, until=frozenset({JobStatus.RETRYING}))
+    stack.faults(proxy)
+    done = await stack.wait(job.id)
+    assert done.status == JobStatus.SUCCEEDED
+    assert done.attempt >= 2
+    assert "ServerError" in done.errors[0]
+
+
+@pytest.mark.parametrize(
+    ("faults", "expected"),
+    [({"error_503_rate": 1.0}, "ServerError"),
+     ({"slow_rate": 1.0, "slow_s": 5}, "APITimeoutError")],
+)
+async def test_exhausted_attempts_fail_with_the_upstream_message(
+    stack: Stack, faults: dict[str, Any], expected: str
+) -> None:
+    proxy = await stack.proxy()
+    stack.faults(proxy, **faults)
+    job = await stack.chat(proxy)
+    done = await stack.wait(job.id, timeout_s=60)
+    assert done.status == JobStatus.FAILED
+    assert len(done.errors) == stack.settings.max_attempts
+    assert all(expected in error for error in done.errors)
+    assert done.error == done.errors[-1]
+
+
+async def test_bad_request_fails_at_once(stack: Stack) -> None:
+    proxy = await stack.proxy()
+    job = await stack.chat(proxy, model="not-served-here")
+    done = await stack.wait(job.id)
+    assert done.status == JobStatus.FAILED
+    assert done.attempt == 1
+    assert "BadRequestError" in (done.error or "")
+
+
+async def test_retry_after_is_honoured_and_the_cooldown_is_shared(stack: Stack) -> None:
+    proxy = await stack.proxy()
+    stack.faults(proxy, error_429_rate=1.0, retry_after_s=2)
+    first = await stack.chat(proxy)
+    failed = await stack.wait(first.id, until=frozenset({JobStatus.RETRYING}))
+    failed_at = time.time()
+    stack.faults(proxy)
+    second = await stack.chat(proxy)  # a new job must also wait out the cool-down
+    done_first, done_second = await stack.wait(first.id), await stack.wait(second.id)
+    assert done_first.status == done_second.status == JobStatus.SUCCEEDED
+    assert "RateLimitedError" in failed.errors[0]
+    assert done_first.started_at is not None and done_second.finished_at is not None
+    assert done_first.started_at >= failed_at + 1.5  # the retry waited for Retry-After
+    assert done_second.finished_at >= failed_at + 1.5  # its permit waited out the cool-down
+    assert stack.emulator_stats()["by_proxy"][proxy].get("429") == 1
+
+
+async def test_cut_stream_is_retried_as_a_new_attempt(stack: Stack) -> None:
+    proxy = await stack.proxy()
+    stack.faults(proxy, cut_stream_rate=1.0, cut_after_chunks=3)
+    job = await stack.chat(proxy, stream=True)
+    await stack.wait(job.id, until=frozenset({JobStatus.RETRYING}))
+    stack.faults(proxy)
+    done = await stack.wait(job.id)
+    assert done.status == JobStatus.SUCCEEDED
+    chunks = await stack.chunks(job.id)
+    first = [c for c in chunks if c.attempt == 1]
+    final = [c for c in chunks if c.attempt == done.attempt]
+    assert first[-1].kind == "error"
+    assert final[-1].kind == "done"
+    text = "".join(c.payload()["text"] for c in final if c.kind == "delta")
+    assert done.result is not None
+    assert text == done.result["choices"][0]["message"]["content"]
+
+
+async def test_cancel_stops_a_running_stream(stack: Stack) -> None:
+    proxy = await stack.proxy()
+    with stack.emulator_settings(tpot_s=0.05, default_completion_tokens=400):
+        job = await stack.chat(proxy, stream=True)
+        await stack.wait(job.id, until=frozenset({JobStatus.RUNNING}))
+        await asyncio.sleep(0.5)
+        assert await stack.store.cancel(job.id)
+        cancelled_at = time.monotonic()
+        await asyncio.sleep(1.2)
+    chunks = await stack.chunks(job.id)
+    assert chunks[-1].kind == "error", "the stream did not stop within a second"
+    count = len(chunks)
+    await asyncio.sleep(0.5)
+    assert len(await stack.chunks(job.id)) == count
+    record = await stack.store.load(job.id)
+    assert record is not None
+    assert record.status == JobStatus.CANCELLED
+    assert time.monotonic() - cancelled_at < 3
+
+
+async def test_duplicate_delivery_writes_one_final_state(stack: Stack) -> None:
+    proxy = await stack.proxy()
+    jobs = await stack.submit(JobKind.CHAT, proxy, {"messages": [
+        {"role": "user", "content": "x"}]}, batch_id="dup" + proxy[-8:], count=5)
+    await asyncio.to_thread(publish, stack.celery, jobs * 3)  # every job delivered 4 times
+    for job in jobs:
+        assert (await stack.wait(job.id)).status == JobStatus.SUCCEEDED
+    await asyncio.sleep(1)
+    batch = await stack.store.batch("dup" + proxy[-8:])
+    assert batch is not None
+    assert batch.counts[JobStatus.SUCCEEDED] == 5
+    assert sum(batch.counts.values()) == 5
+    events = await stack.store.read_batch_events("dup" + proxy[-8:])
+    assert len(events) == 5
+    records = [await stack.store.load(j.id) for j in jobs]
+    assert all(r is not None and r.attempt == 1 for r in records)
+
+
+async def test_cancel_a_queued_batch(redis_url: str, emulator: EmulatorServer,
+                                     start_worker: Callable[..., Any]) -> None:
+    stack = Stack.create(redis_url, emulator.url)
+    try:
+        proxy = await stack.proxy()
+        await stack.submit(JobKind.CHAT, proxy, {"messages": []}, batch_id="b1", count=20)
+        assert await cancel_batch(stack.store, "b1") == 20
+        start_worker(stack.settings, emulator.url)  # starts after the cancel: skips all
+        await asyncio.sleep(2)
+        batch = await stack.store.batch("b1")
+        assert batch is not None
+        assert batch.counts[JobStatus.CANCELLED] == 20
+        assert batch.status == "finished"
+        assert stack.emulator_stats()["by_proxy"].get(proxy) is None  # nothing was called
+    finally:
+        await stack.close()
+
+
+def _json(data: str) -> Any:
+    return json.loads(data)
+
+
+def _config(url: str) -> Config:
+    return Config(control_endpoint=url, data_endpoint=url)

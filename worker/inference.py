@@ -1,0 +1,164 @@
+"""Inference jobs: chat completions and the Responses API, streamed or not.
+
+Before the call: a cluster-wide permit (requests, estimated tokens, concurrency). After:
+the permit's lease is released and the token estimate reconciled with real usage.
+Streamed chunks go to the job's Redis stream as they arrive.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from modelproxy import Status
+from modelproxy.data import DataAPI, chat_body, responses_body
+from modelproxy.errors import ConflictError
+from modelproxy.inference import ChatCompletionChunk, ResponseStreamEvent
+from modelproxy.sse import RESPONSE_END_EVENTS
+from worker.chunks import ChunkWriter
+from worker.contract import JobKind, JobRecord
+from worker.proxy_cache import CachedProxy
+from worker.ratelimit import Limits, Permit, estimate_tokens, merge_limits
+from worker.runtime import Runtime
+
+UNLIMITED = Limits()
+TRANSITIONAL = frozenset({Status.CREATING.value, Status.UPDATING.value})
+
+
+class NoPermit(Exception):
+    """The rate limiter asks for a wait longer than a slot should be held."""
+
+    def __init__(self, wait_s: float, reason: str) -> None:
+        super().__init__(f"waiting {wait_s:.1f} s for a {reason} permit")
+        self.wait_s = wait_s
+
+
+class ProxyNotReady(ConflictError):
+    """The proxy is still CREATING/UPDATING: worth another attempt later."""
+
+    retryable = True
+
+
+@dataclass(frozen=True)
+class InferenceResult:
+    result: dict[str, Any]
+    usage: dict[str, Any] | None
+
+
+def limiter_key(rt: Runtime, proxy: str) -> str:
+    return rt.keys.ratelimit(proxy, "limits")
+
+
+async def run_inference(rt: Runtime, job: JobRecord, attempt: int) -> InferenceResult:
+    proxy = await rt.cache.get(job.proxy)
+    if proxy.status in TRANSITIONAL:
+        await rt.cache.invalidate(job.proxy)
+        raise ProxyNotReady(f"proxy {job.proxy} is {proxy.status}", status_code=409)
+    body = _request_body(job, proxy)
+    limits = merge_limits(rt.settings.limits(), proxy.declared_limits())
+    key = limiter_key(rt, proxy.name)
+    if limits == UNLIMITED:
+        # Nothing to count, but a shared cool-down after a 429 still applies.
+        remaining_s = await rt.limiter.cooldown_remaining_s(key)
+        if remaining_s > 0:
+            raise NoPermit(remaining_s, "cooldown")
+        return await _call(rt, job, attempt, proxy.name, body)
+    cost = estimate_tokens(body)
+    permit = await rt.limiter.wait_for_permit(
+        key, limits, cost, f"{job.id}:{attempt}",
+        rt.settings.request_timeout_s + rt.settings.lease_s, rt.settings.permit_max_wait_s,
+    )
+    if not isinstance(permit, Permit):
+        raise NoPermit(permit.wait_s, permit.reason)
+    outcome: InferenceResult | None = None
+    try:
+        outcome = await _call(rt, job, attempt, proxy.name, body)
+        return outcome
+    finally:
+        used = _total_tokens(outcome.usage) if outcome else None
+        await rt.limiter.settle(key, permit.lease_id, limits, 0 if used is None else used - cost)
+
+
+def _request_body(job: JobRecord, proxy: CachedProxy) -> dict[str, Any]:
+    request = dict(job.request)
+    model = request.pop("model", None) or proxy.model
+    stream = bool(request.pop("stream", False))
+    if job.kind == JobKind.CHAT:
+        return chat_body(request.pop("messages", []), model, stream=stream, **request)
+    return responses_body(request.pop("input", ""), model, stream=stream, **request)
+
+
+def _total_tokens(usage: dict[str, Any] | None) -> int | None:
+    if not usage:
+        return None
+    total = usage.get("total_tokens")
+    return int(total) if isinstance(total, int) else None
+
+
+async def _call(
+    rt: Runtime, job: JobRecord, attempt: int, proxy: str, body: dict[str, Any]
+) -> InferenceResult:
+    data = DataAPI(proxy, rt.config)
+    if not body.get("stream"):
+        if job.kind == JobKind.CHAT:
+            reply = (await data.chat(body)).model_dump(exclude_none=True)
+        else:
+            reply = (await data.responses(body)).model_dump(exclude_none=True)
+        return InferenceResult(reply, reply.get("usage"))
+    writer = ChunkWriter(rt.store, job.id, attempt, rt.settings.chunk_flush_ms)
+    try:
+        if job.kind == JobKind.CHAT:
+            result = await _stream_chat(data.chat_stream(body), writer)
+        else:
+            result = await _stream_responses(data.responses_stream(body), writer)
+    except BaseException as exc:
+        await writer.error(str(exc) or type(exc).__name__)
+        raise
+    await writer.done({"finish_reason": _finish_reason(result), "usage": result.usage})
+    return result
+
+
+def _finish_reason(result: InferenceResult) -> str | None:
+    choices = result.result.get("choices") or [{}]
+    reason = choices[0].get("finish_reason")
+    return str(reason) if reason else result.result.get("status")
+
+
+async def _stream_chat(
+    chunks: AsyncIterator[ChatCompletionChunk], writer: ChunkWriter
+) -> InferenceResult:
+    text: list[str] = []
+    last: ChatCompletionChunk | None = None
+    finish_reason: str | None = None
+    usage: dict[str, Any] | None = None
+    async for chunk in chunks:
+        last = chunk
+        finish_reason = chunk.finish_reason or finish_reason
+        if chunk.usage is not None:
+            usage = chunk.usage.model_dump()
+        if chunk.text:
+            text.append(chunk.text)
+            writer.delta({"text": chunk.text})
+    result = {
+        "id": last.id if last else "",
+        "object": "chat.completion",
+        "created": last.created if last else 0,
+        "model": last.model if last else "",
+        "choices": [{"index": 0, "finish_reason": finish_reason,
+                     "message": {"role": "assistant", "content": "".join(text)}}],
+        "usage": usage,
+    }
+    return InferenceResult(result, usage)
+
+
+async def _stream_responses(
+    events: AsyncIterator[ResponseStreamEvent], writer: ChunkWriter
+) -> InferenceResult:
+    final: dict[str, Any] = {}
+    async for event in events:
+        if event.text:
+            writer.delta({"text": event.text})
+        if event.response is not None and event.type in RESPONSE_END_EVENTS:
+            final = event.response.model_dump(exclude_none=True)
+    return InferenceResult(final, final.get("usage"))

@@ -1,0 +1,313 @@
+"""Proxy state cached in Redis, shared by every worker: one hash per proxy at ``keys.proxy(name)``.
+
+Fields: ``props`` (the proxy's wire JSON), ``status``, ``model`` (the name callers address),
+``fetched_at`` (Redis ``TIME`` in seconds, taken just before the fetch, so an entry's age
+never understates its data's) and ``state`` (``present`` | ``vanished``).
+
+The beat task keeps entries fresh with `ProxyCache.refresh_all`; `ProxyCache.get` refreshes a
+stale entry on demand, so a stopped beat costs latency, never correctness. A proxy the server
+no longer knows is kept as a ``vanished`` entry: a short negative cache, so a flood of jobs
+for a deleted proxy does not turn into a flood of control-plane GETs.
+
+Writes are last-writer-wins: a slow on-demand fetch may overwrite a slightly newer snapshot
+from the beat. Both are recent, and the next refresh settles it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass
+from typing import ClassVar
+
+from pydantic import ValidationError
+from redis.asyncio import Redis
+from redis.typing import EncodableT, FieldT
+
+from modelproxy import Config, ModelProxy
+from modelproxy.errors import ResourceNotExistError
+from modelproxy.models import ModelProxyProps, ProxyConfigPolicies, Status, model_name_for
+from worker.contract import decode_hash
+from worker.keys import Keys
+from worker.ratelimit.policy import Limits
+
+logger = logging.getLogger(__name__)
+
+PRESENT = "present"
+VANISHED = "vanished"
+# A vanished proxy may be re-created at any moment: re-ask the server this often at least.
+NEGATIVE_MAX_AGE_S = 5.0
+MEMO_S = 1.0  # in-process reuse of a cached proxy (other processes see changes after this)
+# Vanished entries expire after this, so names of deleted proxies do not pile up in Redis.
+VANISHED_RETENTION_S = 3600
+_SCAN_COUNT = 500
+_GLOB_SPECIAL = frozenset("*?[]\\")
+
+
+class ProxyUnavailable(Exception):
+    """The proxy cannot serve requests (e.g. it does not exist). Not retryable."""
+
+    retryable: ClassVar[bool] = False
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"proxy {name} is unavailable: {reason}")
+        self.name = name
+        self.reason = reason
+
+
+def _positive(value: object) -> int | None:
+    # bool is an int subclass; a JSON `true` is not a limit.
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return None
+
+
+def _declared_rpm(policies: ProxyConfigPolicies) -> int | None:
+    """The emulator's ``requestRateLimiter.rpm`` extension, kept as an extra field."""
+    limiter = (policies.model_extra or {}).get("requestRateLimiter")
+    return _positive(limiter.get("rpm")) if isinstance(limiter, Mapping) else None
+
+
+@dataclass(frozen=True, slots=True)
+class CachedProxy:
+    """A present proxy as cached; ``fetched_at`` is Redis server time in seconds."""
+
+    name: str
+    status: str | None
+    model: str
+    props: ModelProxyProps
+    fetched_at: float
+
+    @classmethod
+    def from_props(cls, name: str, props: ModelProxyProps, fetched_at: float) -> CachedProxy:
+        # A plain props copy: a fetched ModelProxy also carries the Config it came with.
+        plain = ModelProxyProps.model_validate(props.to_wire())
+        return cls(name, plain.status, model_name_for(plain), plain, fetched_at)
+
+    def declared_limits(self) -> Limits:
+        """The limits the proxy's own policies declare; zero or missing means no limit."""
+        config = self.props.proxy_config
+        policies = config.policies if config else None
+        if policies is None:
+            return Limits()
+        tokens = policies.token_rate_limiter
+        return Limits(
+            requests_per_minute=_declared_rpm(policies),
+            tokens_per_minute=_positive(tokens.tpm) if tokens else None,
+            tokens_per_second=_positive(tokens.tps) if tokens else None,
+            max_concurrency=_positive(policies.concurrency_limit),
+        )
+
+    def to_hash(self) -> dict[FieldT, EncodableT]:
+        return {
+            "props": self.props.model_dump_json(by_alias=True, exclude_none=True),
+            "status": self.status or "",
+            "model": self.model,
+            "fetched_at": repr(self.fetched_at),
+            "state": PRESENT,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshReport:
+    """What one `refresh_all` saw. ``vanished`` counts entries it newly marked vanished."""
+
+    listed: int
+    ready: int
+    failed: int
+    vanished: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    fetched_at: float
+    proxy: CachedProxy | None  # None when vanished
+
+
+def _parse_entry(name: str, fields: Mapping[str, str]) -> _Entry | None:
+    """The stored entry, or None when absent or unreadable (then it is fetched again)."""
+    if not fields:
+        return None
+    try:
+        fetched_at = float(fields["fetched_at"])
+        if fields["state"] == VANISHED:
+            return _Entry(fetched_at, None)
+        props = ModelProxyProps.model_validate_json(fields["props"])
+    except (KeyError, ValueError, ValidationError):
+        logger.warning("unreadable cache entry for proxy %s; fetching it again", name)
+        return None
+    return _Entry(fetched_at, CachedProxy.from_props(name, props, fetched_at))
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _server_time_s(reply: tuple[int, int]) -> float:
+    seconds, micros = reply
+    return seconds + micros / 1_000_000
+
+
+def _glob_escape(text: str) -> str:
+    return "".join(f"\\{c}" if c in _GLOB_SPECIAL else c for c in text)
+
+
+def _cacheable_name(proxy: ModelProxyProps) -> str | None:
+    name = proxy.model_proxy_name
+    # Keys refuses ':' in names (it would alias other keys); the service never sends one.
+    if not name or ":" in name:
+        logger.warning("skipping a listed proxy with an unusable name: %r", name)
+        return None
+    return name
+
+
+def _report(proxies: Iterable[ModelProxyProps], vanished: int) -> RefreshReport:
+    statuses = [p.status for p in proxies]
+    return RefreshReport(
+        listed=len(statuses),
+        ready=sum(s == Status.READY.value for s in statuses),
+        failed=sum(Status.is_failed(s) for s in statuses),
+        vanished=vanished,
+    )
+
+
+class ProxyCache:
+    """Redis-backed proxy cache shared by all workers; see the module docstring."""
+
+    def __init__(self, redis: Redis, keys: Keys, config: Config, max_age_s: float) -> None:
+        if max_age_s <= 0:
+            raise ValueError(f"max_age_s must be positive, got {max_age_s}")
+        self.redis = redis
+        self.keys = keys
+        self.config = config
+        self.max_age_s = max_age_s
+        self.negative_max_age_s = min(max_age_s, NEGATIVE_MAX_AGE_S)
+        # One fetch per stale proxy per process, however many slots ask at once.
+        self._inflight: dict[str, asyncio.Task[CachedProxy]] = {}
+        # Hundreds of jobs a second ask for the same proxy: answer them from memory for a
+        # moment instead of one Redis round trip each.
+        self._memo: dict[str, tuple[float, CachedProxy]] = {}
+        self.memo_s = min(max_age_s, MEMO_S)
+
+    # ---- one proxy ---------------------------------------------------------------------
+
+    async def get(self, name: str) -> CachedProxy:
+        """The proxy from the cache when fresh, else from the server (and cached).
+
+        Raises `ProxyUnavailable` when the server does not know it (cached briefly).
+        """
+        memo = self._memo.get(name)
+        if memo is not None and time.monotonic() < memo[0]:
+            return memo[1]
+        proxy = await self._get_shared(name)
+        self._memo[name] = (time.monotonic() + self.memo_s, proxy)
+        return proxy
+
+    async def _get_shared(self, name: str) -> CachedProxy:
+        key = self.keys.proxy(name)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(key)
+        pipe.time()
+        raw, time_reply = await pipe.execute()
+        now_s = _server_time_s(time_reply)
+        entry = _parse_entry(name, decode_hash(raw))
+        if entry is None or not self._is_fresh(entry, now_s):
+            return await self._fetch_once(name, now_s)
+        if entry.proxy is None:
+            raise ProxyUnavailable(name, reason="does not exist")
+        return entry.proxy
+
+    async def invalidate(self, name: str) -> None:
+        self._memo.pop(name, None)
+        await self.redis.delete(self.keys.proxy(name))
+
+    def _is_fresh(self, entry: _Entry, now_s: float) -> bool:
+        max_age_s = self.max_age_s if entry.proxy is not None else self.negative_max_age_s
+        # A negative age means the server clock went back: trust nothing then.
+        return 0 <= now_s - entry.fetched_at < max_age_s
+
+    async def _fetch_once(self, name: str, now_s: float) -> CachedProxy:
+        task = self._inflight.get(name)
+        if task is None:
+            task = asyncio.ensure_future(self._fetch(name, now_s))
+            self._inflight[name] = task
+            task.add_done_callback(lambda done: self._forget(name, done))
+        # shield: one cancelled caller must not cancel the fetch the others wait on.
+        return await asyncio.shield(task)
+
+    def _forget(self, name: str, task: asyncio.Task[CachedProxy]) -> None:
+        if self._inflight.get(name) is task:
+            del self._inflight[name]
+        if not task.cancelled():
+            task.exception()  # retrieved here, so a fetch nobody waits for any more is quiet
+
+    async def _fetch(self, name: str, now_s: float) -> CachedProxy:
+        try:
+            proxy = await ModelProxy.get_by_name_async(name, config=self.config)
+        except ResourceNotExistError:
+            await self._write([], [name], now_s)
+            raise ProxyUnavailable(name, reason="does not exist") from None
+        cached = CachedProxy.from_props(name, proxy, now_s)
+        await self._write([cached], [], now_s)
+        return cached
+
+    # ---- all proxies -------------------------------------------------------------------
+
+    async def refresh_all(self) -> RefreshReport:
+        """List every proxy, rewrite all their entries, mark cached ones no longer listed."""
+        self._memo.clear()
+        now_s = _server_time_s(await self.redis.time())
+        proxies = await ModelProxy.list_all_async(config=self.config)
+        entries = [
+            CachedProxy.from_props(name, proxy, now_s)
+            for proxy in proxies
+            if (name := _cacheable_name(proxy)) is not None
+        ]
+        gone = await self._newly_vanished({e.name for e in entries})
+        await self._write(entries, gone, now_s)
+        return _report(proxies, len(gone))
+
+    async def _cached_names(self) -> AsyncIterator[str]:
+        key_prefix = self.keys.proxy("*")[:-1]  # Keys accepts '*' as a name
+        match = f"{_glob_escape(key_prefix)}*"
+        async for key in self.redis.scan_iter(match=match, count=_SCAN_COUNT):
+            name = _text(key)[len(key_prefix) :]
+            if ":" not in name:  # skip sub-keys such as proxy:{name}:cooldown
+                yield name
+
+    async def _newly_vanished(self, listed: set[str]) -> list[str]:
+        unlisted = [name async for name in self._cached_names() if name not in listed]
+        if not unlisted:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for name in unlisted:
+            pipe.hget(self.keys.proxy(name), "state")
+        states = await pipe.execute()
+        # None: the entry expired since the SCAN, nothing left to mark.
+        return [
+            name
+            for name, state in zip(unlisted, states, strict=True)
+            if state is not None and _text(state) != VANISHED
+        ]
+
+    # ---- writes ------------------------------------------------------------------------
+
+    async def _write(
+        self, present: Iterable[CachedProxy], vanished: Iterable[str], now_s: float
+    ) -> None:
+        """Write present entries and vanished marks in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for entry in present:
+            key = self.keys.proxy(entry.name)
+            # Every field is rewritten, so no stale field survives; PERSIST undoes the
+            # expiry of an entry that had vanished and is back.
+            pipe.hset(key, mapping=entry.to_hash())
+            pipe.persist(key)
+        for name in vanished:
+            key = self.keys.proxy(name)
+            mark: dict[FieldT, EncodableT] = {"state": VANISHED, "fetched_at": repr(now_s)}
+            pipe.hset(key, mapping=mark)
+            pipe.expire(key, VANISHED_RETENTION_S)
+        await pipe.execute()

@@ -1,0 +1,98 @@
+"""One delivery of one job, start to end: claim → run under a lease → write the final
+state once (or schedule the next attempt). Returns what the Celery shell should do."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from modelproxy.errors import ModelProxyError, RateLimitedError
+from worker.contract import JobKind, JobRecord, JobStatus
+from worker.inference import NoPermit, limiter_key, run_inference
+from worker.lease import AttemptStopped
+from worker.management import run_management
+from worker.retry import describe, retry_after_s, retry_delay_s, should_retry
+from worker.runtime import Runtime
+from worker.store import Claim
+
+logger = logging.getLogger(__name__)
+
+# A redelivered message waits for the other delivery's lease a little past its end.
+BUSY_MARGIN_S = 0.5
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """`later` means: publish this job again after `delay_s` (a retry or a deferral)."""
+
+    action: Literal["done", "later", "skip"]
+    status: str
+    delay_s: float = 0.0
+    message: str = ""
+
+
+async def run_job(rt: Runtime, job_id: str) -> Outcome:
+    claim = await rt.store.claim(job_id, rt.worker_name, rt.settings.lease_s)
+    if claim.outcome in ("final", "missing"):
+        return Outcome("skip", claim.outcome)
+    if claim.outcome == "busy":
+        return Outcome("later", "deferred", claim.wait_s + BUSY_MARGIN_S,
+                       "another delivery of this job is running")
+    job = claim.job
+    assert job is not None  # a claim returns the record it claimed
+    started = time.monotonic()
+    logger.info("job %s %s attempt %d started", job_id, job.kind, claim.attempt)
+    outcome = await _attempt(rt, job, claim)
+    logger.info("job %s %s attempt %d %s elapsed_s=%.3f delay_s=%.3f", job_id, job.kind,
+                claim.attempt, outcome.status, time.monotonic() - started, outcome.delay_s)
+    return outcome
+
+
+async def _attempt(rt: Runtime, job: JobRecord, claim: Claim) -> Outcome:
+    try:
+        result, usage = await rt.leases.run(job.id, claim.attempt,
+                                            _execute(rt, job, claim.attempt))
+    except AttemptStopped:
+        return Outcome("skip", "stopped", message="cancelled or superseded while running")
+    except NoPermit as wait:
+        await rt.store.release(job.id, claim.attempt)
+        return Outcome("later", "waiting", wait.wait_s, str(wait))
+    except (ModelProxyError, ValidationError) as exc:
+        return await _failed(rt, job, claim, exc)
+    except Exception as exc:
+        logger.exception("job %s: unexpected error", job.id)
+        return await _failed(rt, job, claim, exc)
+    await rt.store.finish(job.id, claim.attempt, JobStatus.SUCCEEDED, result=result,
+                          usage=usage)
+    return Outcome("done", JobStatus.SUCCEEDED.value)
+
+
+async def _execute(
+    rt: Runtime, job: JobRecord, attempt: int
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    if JobKind(job.kind).is_management:
+        return await run_management(rt, job), None
+    outcome = await run_inference(rt, job, attempt)
+    return outcome.result, outcome.usage
+
+
+async def _failed(rt: Runtime, job: JobRecord, claim: Claim, exc: BaseException) -> Outcome:
+    message = describe(exc, claim.attempt)
+    if isinstance(exc, RateLimitedError):
+        # Everyone backs off from this proxy, not only this worker.
+        cooldown_s = exc.retry_after_s or rt.settings.default_cooldown_s
+        await rt.limiter.start_cooldown(limiter_key(rt, job.proxy), cooldown_s)
+    failures = claim.failures + 1
+    if should_retry(exc) and failures < rt.settings.max_attempts:
+        delay_s = retry_delay_s(
+            failures, base_s=rt.settings.backoff_base_s, max_s=rt.settings.backoff_max_s,
+            retry_after=retry_after_s(exc),
+        )
+        await rt.store.mark_retrying(job.id, claim.attempt, message, delay_s)
+        return Outcome("later", JobStatus.RETRYING.value, delay_s, message)
+    await rt.store.finish(job.id, claim.attempt, JobStatus.FAILED, error=message)
+    return Outcome("done", JobStatus.FAILED.value, message=message)

@@ -1,0 +1,85 @@
+"""mpq's settings: one pydantic-settings model read at entrypoints (env prefix `MPQ_`).
+
+The ModelProxy connection itself (endpoints, credentials) uses the official SDK's
+environment names through `modelproxy.Config`.
+"""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from worker.ratelimit import Limits
+
+
+class Settings(BaseSettings):
+    """Every setting, its environment variable (`MPQ_` + upper-case name) and default."""
+
+    model_config = SettingsConfigDict(env_prefix="MPQ_", extra="ignore", frozen=True)
+
+    redis_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("MPQ_REDIS_URL", "REDIS_URL"),
+        description="Job store (and default broker). Unset: an embedded Valkey is started.",
+    )
+    broker_url: str | None = Field(
+        default=None, description="Celery broker; defaults to redis_url (amqp:// works too)."
+    )
+    key_prefix: str = Field(default="mpq:", description="Prefix of every Redis key of mpq.")
+    result_ttl_s: int = Field(default=7 * 24 * 3600, gt=0, description="Retention of results.")
+
+    max_attempts: int = Field(default=5, ge=1, description="Attempts per job, first included.")
+    backoff_base_s: float = Field(default=1.0, gt=0, description="First retry delay.")
+    backoff_max_s: float = Field(default=60.0, gt=0, description="Cap of the retry delay.")
+    request_timeout_s: float = Field(default=120.0, gt=0, description="Per upstream request.")
+
+    worker_slots: int = Field(
+        default=500, ge=1, description="Jobs in flight per worker process (threads pool)."
+    )
+    prefetch_multiplier: int = Field(default=1, ge=1, description="Celery prefetch per slot.")
+    visibility_timeout_s: int = Field(
+        default=30, ge=5,
+        description="Redis broker: unacked messages of a dead worker come back after this.",
+    )
+    lease_s: float = Field(
+        default=15.0, gt=0, description="A running job's lease; renewed while it runs."
+    )
+    cancel_check_s: float = Field(
+        default=0.5, gt=0, description="How often a running job looks for a cancel."
+    )
+    permit_max_wait_s: float = Field(
+        default=10.0, ge=0,
+        description="Wait this long in a slot for a rate-limit permit, else requeue the job.",
+    )
+    requeue_max_delay_s: float = Field(
+        default=10.0, gt=0,
+        description="Longest countdown of a requeued job (kept under the visibility timeout).",
+    )
+    default_cooldown_s: float = Field(
+        default=1.0, gt=0, description="Shared cool-down after a 429 without Retry-After."
+    )
+
+    requests_per_minute: int | None = Field(default=None, gt=0, description="Per proxy.")
+    tokens_per_minute: int | None = Field(default=None, gt=0, description="Per proxy.")
+    max_concurrency: int | None = Field(default=None, gt=0, description="Per proxy.")
+
+    proxy_cache_s: float = Field(default=60.0, gt=0, description="Max age of a cached proxy.")
+    refresh_interval_s: float = Field(default=60.0, gt=0, description="Beat: proxy refresh.")
+    chunk_flush_ms: int = Field(
+        default=20, ge=0, description="Streamed chunks are written to Redis in batches this often."
+    )
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _prefix_ends_with_colon(cls, value: str) -> str:
+        if not value.endswith(":"):
+            raise ValueError("key_prefix must end with ':'")
+        return value
+
+    def limits(self) -> Limits:
+        """The configured per-proxy limits (merged with each proxy's declared policies)."""
+        return Limits(
+            requests_per_minute=self.requests_per_minute,
+            tokens_per_minute=self.tokens_per_minute,
+            max_concurrency=self.max_concurrency,
+        )

@@ -1,0 +1,77 @@
+"""The Celery tasks: thin shells that run a job on the process's event loop.
+
+Messages carry only the job id (and a summary for Flower via argsrepr), never the
+request or a secret. A job that must run again later (retry, rate-limit wait, duplicate
+delivery) goes back through the broker with `self.retry`, so Flower shows it as a retry.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Task
+from redis.exceptions import RedisError
+
+from modelproxy.portal import run_sync
+from worker.app import app
+from worker.contract import JobKind
+from worker.refresh import refresh_with_lock
+from worker.runner import run_job
+from worker.runtime import get_runtime
+
+TASK_NAMES: dict[JobKind, str] = {
+    JobKind.CHAT: "mpq.inference.chat",
+    JobKind.RESPONSES: "mpq.inference.responses",
+    JobKind.MGMT_CREATE: "mpq.management.create",
+    JobKind.MGMT_UPDATE: "mpq.management.update",
+    JobKind.MGMT_DELETE: "mpq.management.delete",
+    JobKind.MGMT_GET: "mpq.management.get",
+    JobKind.MGMT_LIST: "mpq.management.list",
+    JobKind.MGMT_REFRESH: "mpq.management.refresh",
+    JobKind.MGMT_WAIT: "mpq.management.wait",
+}
+REFRESH_TASK = "mpq.maintenance.refresh_proxies"
+REDIS_RETRY_MAX_S = 10.0
+
+
+class JobRetry(Exception):
+    """This job runs again later (the message says why)."""
+
+
+def execute(task: Task, job_id: str) -> dict[str, Any]:
+    runtime = get_runtime()
+    try:
+        outcome = run_sync(run_job(runtime, job_id))
+    except RedisError as exc:
+        # The store is unreachable: the job's state is unknown here, so it goes back to
+        # the broker and the next delivery decides from the record (claims are fenced).
+        countdown_s = min(2.0 ** min(task.request.retries, 5), REDIS_RETRY_MAX_S)
+        raise task.retry(countdown=countdown_s, max_retries=None,
+                         exc=JobRetry(f"job store unavailable: {exc}")) from exc
+    if outcome.action == "later":
+        countdown_s = min(outcome.delay_s, runtime.settings.requeue_max_delay_s)
+        raise task.retry(countdown=countdown_s, max_retries=None, exc=JobRetry(outcome.message))
+    return {"job_id": job_id, "status": outcome.status, "error": outcome.message or None}
+
+
+def _register(kind: JobKind, name: str) -> None:
+    def job_task(self: Task, job_id: str) -> dict[str, Any]:
+        return execute(self, job_id)
+
+    job_task.__name__ = job_task.__qualname__ = name.rsplit(".", 1)[-1]
+    job_task.__doc__ = f"Run one {kind.value} job."
+    app.task(name=name, bind=True)(job_task)
+
+
+for _kind, _name in TASK_NAMES.items():
+    _register(_kind, _name)
+
+
+@app.task(name=REFRESH_TASK)
+def refresh_proxies() -> dict[str, Any] | None:
+    """Beat: refresh the proxy cache (one runner at a time, by a Redis lock)."""
+    runtime = get_runtime()
+    lock_ttl_s = max(runtime.settings.refresh_interval_s, 30.0)
+    report = run_sync(refresh_with_lock(runtime.redis, runtime.keys, runtime.cache, lock_ttl_s))
+    return None if report is None else dict(vars(report)) if not hasattr(
+        report, "model_dump") else report.model_dump()
