@@ -7,9 +7,19 @@ import os
 import tempfile
 
 import typer
-from rich.console import Console
 
 from modelproxy import Config, ModelProxyError
+from producer import cli_batch, cli_proxy
+from producer.cli_common import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    clean_errors,
+    client,
+    console,
+    err_console,
+    fail,
+)
+from producer.flower import flower_command
 from worker.settings import Settings
 
 app = typer.Typer(
@@ -18,14 +28,38 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-console = Console()
-err_console = Console(stderr=True)
+app.add_typer(cli_batch.app, name="batch")
+app.add_typer(cli_proxy.app, name="proxy")
+app.command("flower")(flower_command)
 
 
-def fail(message: str, code: int = 1) -> None:
-    """One clear line on stderr and a non-zero exit: no traceback for user mistakes."""
-    err_console.print(f"[red]error:[/] {message}", highlight=False)
-    raise typer.Exit(code)
+@app.command()
+@clean_errors
+def chat(
+    proxy: str = typer.Argument(..., help="Proxy name."),
+    prompt: str = typer.Argument(..., help="The user message."),
+    stream: bool = typer.Option(False, help="Print tokens as they arrive."),
+    model: str | None = typer.Option(None, help="Model (default: the proxy's)."),
+    max_tokens: int | None = typer.Option(None, min=1, help="Cap of the reply length."),
+    timeout: float = typer.Option(120, help="Seconds to wait for the reply."),
+) -> None:
+    """Ask one question through the queue and print the answer."""
+    params = {"max_tokens": max_tokens} if max_tokens else {}
+    messages = [{"role": "user", "content": prompt}]
+    with client() as mpq:
+        job = mpq.chat(proxy, messages, model=model, stream=stream, **params)
+        if stream:
+            for event in job.stream():
+                if event.kind == "restart":
+                    err_console.print(f"\n[yellow]retrying (attempt {event.attempt})…[/]")
+                elif event.kind == "error":
+                    err_console.print(f"\n[yellow]attempt {event.attempt} failed: "
+                                      f"{event.data.get('error', '')}[/]")
+                console.print(event.text, end="", markup=False, highlight=False)
+            console.print()
+            job.result(timeout)  # the outcome, and its exit code
+        else:
+            console.print(job.final_text(timeout), markup=False, highlight=False)
 
 
 @app.command()
@@ -60,7 +94,7 @@ def emulator(
                     credentials=_emulator_credentials(), api_keys=api_key or None,
                     allow_open=allow_open)
     except ValueError as exc:
-        fail(str(exc), 2)
+        fail(str(exc), EXIT_USAGE)
 
 
 def _emulator_credentials() -> dict[str, str] | None:
@@ -73,7 +107,8 @@ def _emulator_credentials() -> dict[str, str] | None:
 def _celery_settings() -> Settings:
     settings = Settings()
     if not settings.redis_url:
-        fail("no Redis: set MPQ_REDIS_URL (or REDIS_URL) to the server the workers share", 2)
+        fail("no Redis: set MPQ_REDIS_URL (or REDIS_URL) to the server the workers share",
+             EXIT_USAGE)
     return settings
 
 
@@ -109,15 +144,31 @@ def beat(loglevel: str = typer.Option("INFO", help="Log level.")) -> None:
 
 
 @app.command()
+def up(
+    slots: int = typer.Option(200, min=1, help="Worker slots."),
+    flower: bool = typer.Option(True, help="Also run Flower."),
+) -> None:
+    """Run the whole local stack in the foreground; Ctrl-C stops it all."""
+    from producer.up import run_up  # noqa: PLC0415 - keeps `mpq --help` fast
+
+    run_up(slots=slots, with_flower=flower)
+
+
+@app.command()
 def demo() -> None:
     """Run the main job end to end on this machine (nothing to configure)."""
     from producer.demo import run_demo  # noqa: PLC0415 - keeps `mpq --help` fast
 
     logging.basicConfig(level=logging.WARNING)
     try:
-        run_demo(console, os.environ.get("REDIS_URL") or None, Config())
+        code = run_demo(console, os.environ.get("MPQ_REDIS_URL") or os.environ.get("REDIS_URL"))
     except ModelProxyError as exc:
         fail(f"demo failed: {exc}")
+    except KeyboardInterrupt:
+        err_console.print("[yellow]demo interrupted: everything it started is stopped[/]")
+        code = 130
+    if code:
+        raise typer.Exit(code if code != 1 else EXIT_FAILED)
 
 
 def main() -> None:

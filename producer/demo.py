@@ -1,91 +1,126 @@
-"""`mpq demo`: the whole path on a machine with nothing configured.
+"""`mpq demo`: the whole pipeline on a machine with nothing configured.
 
-Starts (or uses) a Redis-compatible server and a ModelProxy service, creates a proxy, waits
-for READY, runs a non-streamed and a streamed completion, and stops everything it started.
+Starts the local stack (embedded Valkey, emulator, a worker, beat, Flower), creates a proxy
+through a management job, runs a 200-line batch with a progress bar, streams one job's
+tokens live, writes the results file, prints a summary, and stops everything it started.
 """
 
 from __future__ import annotations
 
+import json
 import time
-import uuid
+from pathlib import Path
 
-import redis
 from rich.console import Console
 
 from modelproxy import (
-    Config,
-    ModelProxy,
     ModelProxyCreateInput,
     ProxyConfig,
     ProxyConfigEndpoint,
     ProxyConfigPolicies,
-    ProxyConfigTokenRateLimiter,
 )
-from modelproxy.emulator.local import modelproxy_endpoint, uses_real_service
-from modelproxy.emulator.settings import EmulatorSettings
-from worker.embedded_redis import redis_server
+from producer.batches import Batch
+from producer.cli_batch import follow
+from producer.client import Client
+from producer.local_stack import LocalStack, StackOptions, local_stack
+from worker.contract import BatchRecord, JobStatus
+from worker.settings import Settings
 
+DEMO_LINES = 200
 DEMO_MODEL = "demo-model"
-# Visible streaming on the emulator: 20 ms per token.
-DEMO_EMULATOR = EmulatorSettings(
-    create_delay_s=1.0, delete_delay_s=0.5, ttft_s=0.1, tpot_s=0.02, default_completion_tokens=40
-)
+RESULTS_FILE = Path("mpq-demo-results.jsonl")
+# A visible pace on the emulator: 0.3 s to the first token, 20 ms per token.
+EMULATOR_ARGS = ["--lifecycle-delay-s", "1", "--ttft-s", "0.3", "--tpot-s", "0.02"]
+TOPICS = ["queues", "rate limits", "retries", "streams", "batches", "leases", "proxies"]
 
 
-def demo_proxy_input(name: str) -> ModelProxyCreateInput:
+def demo_batch_lines(count: int) -> list[str]:
+    """An OpenAI Batch input file's lines."""
+    return [json.dumps({
+        "custom_id": f"demo-{i:04d}", "method": "POST", "url": "/v1/chat/completions",
+        "body": {"messages": [{"role": "user",
+                               "content": f"Explain {TOPICS[i % len(TOPICS)]} (#{i})."}]},
+    }) for i in range(count)]
+
+
+def demo_proxy(name: str) -> ModelProxyCreateInput:
     return ModelProxyCreateInput(
-        model_proxy_name=name,
-        description="created by mpq demo",
+        model_proxy_name=name, description="created by mpq demo",
         proxy_config=ProxyConfig(
             endpoints=[ProxyConfigEndpoint(model_names=[DEMO_MODEL], model_service_name="demo")],
-            policies=ProxyConfigPolicies(
-                concurrency_limit=64,
-                token_rate_limiter=ProxyConfigTokenRateLimiter(tpm=600_000),
-            ),
+            # The workers keep to it cluster-wide, so the emulator never answers 429.
+            policies=ProxyConfigPolicies(concurrency_limit=60),
         ),
     )
 
 
-def run_demo(console: Console, redis_url: str | None, config: Config) -> None:
+def run_demo(console: Console, redis_url: str | None) -> int:
     started = time.monotonic()
-    with redis_server(redis_url) as url, modelproxy_endpoint(config, DEMO_EMULATOR) as cfg:
-        client = redis.Redis.from_url(url)
-        try:
-            client.ping()
-        finally:
-            client.close()
-        where = "AgentRun" if uses_real_service(config) else "emulator"
-        console.print(f"[bold]Redis[/] {url}   [bold]ModelProxy[/] {where} "
-                      f"{cfg.get_control_endpoint()}")
-        _proxy_round_trip(console, cfg)
-    console.print(f"[green]demo finished[/] in {time.monotonic() - started:.1f} s")
+    options = StackOptions(redis_url=redis_url, slots=200, emulator_args=EMULATOR_ARGS)
+    console.print("[bold]starting[/] Redis-compatible server, ModelProxy emulator, worker, "
+                  "beat and Flower …")
+    with local_stack(options) as stack:
+        _print_stack(console, stack)
+        with Client(Settings(redis_url=stack.redis_url)) as mpq:
+            final, tokens = _pipeline(console, mpq)
+        elapsed_s = time.monotonic() - started
+        _summary(console, final, tokens=tokens, elapsed_s=elapsed_s, stack=stack)
+    console.print("[green]demo finished[/]: everything it started is stopped")
+    return 0 if final.counts.get(JobStatus.SUCCEEDED, 0) == final.total else 1
 
 
-def _proxy_round_trip(console: Console, config: Config) -> None:
-    name = f"mpq-demo-{uuid.uuid4().hex[:8]}"
-    proxy = ModelProxy.create(demo_proxy_input(name), config=config)
-    console.print(f"created proxy [bold]{name}[/]: {proxy.status}")
-    try:
-        proxy.wait_until_ready_or_failed(interval_seconds=0.2, timeout_seconds=120)
-        console.print(f"proxy {name} is {proxy.status}")
-        if proxy.status != "READY":
-            raise RuntimeError(f"proxy ended {proxy.status}: {proxy.status_reason}")
-        _completions(console, proxy)
-    finally:
-        proxy.delete()
-        console.print(f"deleting proxy {name}: {proxy.status}")
+def _print_stack(console: Console, stack: LocalStack) -> None:
+    console.print(f"  Redis       {stack.redis_url}")
+    console.print(f"  ModelProxy  {stack.modelproxy_url or 'AgentRun (configured)'}")
+    console.print(f"  Flower      {stack.flower_url}  (user {stack.flower_user}, "
+                  f"password {stack.flower_password})")
 
 
-def _completions(console: Console, proxy: ModelProxy) -> None:
-    messages = [{"role": "user", "content": "Say hello to the mpq demo."}]
-    reply = proxy.completions(messages)
-    usage = reply.usage
-    console.print(f"[bold]non-streamed[/] ({reply.finish_reason}): {reply.text}")
-    if usage is not None:
-        console.print(f"  usage: {usage.prompt_tokens} prompt + {usage.completion_tokens} "
-                      f"completion = {usage.total_tokens} tokens")
-    console.print("[bold]streamed[/]: ", end="")
-    for count, chunk in enumerate(proxy.completions(messages, stream=True), start=1):
-        console.print(chunk.text, end="", markup=False, highlight=False)
-        if chunk.usage is not None:
-            console.print(f"\n  {count} chunks, usage {chunk.usage.total_tokens} tokens")
+def _pipeline(console: Console, mpq: Client) -> tuple[BatchRecord, int]:
+    """Proxy, batch, results, one live stream; returns the batch and its tokens."""
+    name = f"demo-{int(time.time())}"
+    console.print(f"[bold]proxy[/] creating {name} through a management job …")
+    mpq.create_proxy(demo_proxy(name)).result(120)
+    ready = mpq.wait_proxy(name, timeout_s=120).result(150).result or {}
+    console.print(f"  {name} is {ready.get('status')}")
+
+    console.print(f"[bold]batch[/] submitting {DEMO_LINES} lines (OpenAI Batch format) …")
+    batch, _ = mpq.submit_batch(demo_batch_lines(DEMO_LINES), name, name="demo.jsonl")
+    final = follow(batch, DEMO_LINES, timeout=300)
+    tokens = _write_results(console, batch)
+
+    console.print("[bold]stream[/] one job, tokens as they arrive:")
+    job = mpq.chat(name, [{"role": "user", "content": "Say hello to the mpq demo."}],
+                   stream=True)
+    for event in job.stream():
+        console.print(event.text, end="", markup=False, highlight=False)
+    record = job.result(60)
+    console.print(f"\n  ({record.usage and record.usage.get('total_tokens')} tokens, "
+                  f"attempt {record.attempt})")
+    return final, tokens
+
+
+def _write_results(console: Console, batch: Batch) -> int:
+    tokens = 0
+    with RESULTS_FILE.open("w", encoding="utf-8") as out:
+        for line in batch.results():
+            usage = line["response"]["body"].get("usage") or {}
+            tokens += int(usage.get("total_tokens", 0))
+            out.write(json.dumps(line, separators=(",", ":")) + "\n")
+    console.print(f"  results written to {RESULTS_FILE.resolve()}")
+    return tokens
+
+
+def _summary(console: Console, final: BatchRecord, *, tokens: int, elapsed_s: float,
+             stack: LocalStack) -> None:
+    counts = final.counts
+    runtime_s = (final.finished_at or time.time()) - (final.created_at or time.time())
+    console.print("[bold]summary[/]")
+    console.print(f"  jobs       {final.total}: {counts.get(JobStatus.SUCCEEDED, 0)} succeeded, "
+                  f"{counts.get(JobStatus.FAILED, 0)} failed, "
+                  f"{counts.get(JobStatus.CANCELLED, 0)} cancelled")
+    console.print(f"  tokens     {tokens}")
+    rate = final.total / max(runtime_s, 1e-6)
+    console.print(f"  batch      {runtime_s:.1f} s, {rate:.1f} jobs/s")
+    console.print(f"  demo       {elapsed_s:.1f} s in all")
+    console.print(f"  Flower     {stack.flower_url} (was running during the demo)")

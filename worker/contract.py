@@ -129,6 +129,8 @@ class BatchRecord(BaseModel):
     status: BatchStatus = BatchStatus.IN_PROGRESS
     created_at: float | None = None
     finished_at: float | None = None
+    name: str | None = None  # e.g. the input file's name
+    invalid: int = 0  # input lines refused at submission (not in total)
 
     @property
     def done(self) -> int:
@@ -147,6 +149,8 @@ class BatchRecord(BaseModel):
                 "status": fields.get("status", BatchStatus.IN_PROGRESS),
                 "created_at": fields.get("created_at"),
                 "finished_at": fields.get("finished_at"),
+                "name": fields.get("name"),
+                "invalid": fields.get("invalid", 0),
             }
         )
 

@@ -57,6 +57,14 @@ class Keys:
     def batch_events(self, batch_id: str) -> str:
         return f"{self.batch(batch_id)}:events"
 
+    def batch_invalid(self, batch_id: str) -> str:
+        """Input lines refused at submission, kept for the batch's errors file."""
+        return f"{self.batch(batch_id)}:invalid"
+
+    def batches(self) -> str:
+        """Index of batches by creation time (a sorted set)."""
+        return f"{self.prefix}batches"
+
     def proxy(self, name: str) -> str:
         return f"{self.prefix}proxy:{_part(name, 'proxy name')}"
 

@@ -7,6 +7,7 @@ missing proxy is success, so a retried or redelivered job converges instead of f
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -90,8 +91,7 @@ async def _list(rt: Runtime, request: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _refresh(rt: Runtime, request: dict[str, Any]) -> dict[str, Any]:
-    report = await rt.cache.refresh_all()
-    return report.model_dump() if hasattr(report, "model_dump") else dict(vars(report))
+    return dataclasses.asdict(await rt.cache.refresh_all())
 
 
 async def _wait(rt: Runtime, request: dict[str, Any]) -> dict[str, Any]:

@@ -43,7 +43,9 @@ class Runtime:
     leases: LeaseKeeper
 
 
-def redis_client(url: str, max_connections: int = DEFAULT_REDIS_CONNECTIONS) -> aioredis.Redis:
+def redis_client(
+    url: str, max_connections: int = DEFAULT_REDIS_CONNECTIONS, retries: int = REDIS_RETRIES
+) -> aioredis.Redis:
     """A client that rides out a Redis restart (reconnects with backoff), and whose pool
     makes callers wait for a connection instead of failing when all are busy."""
     pool = aioredis.BlockingConnectionPool.from_url(
@@ -52,7 +54,8 @@ def redis_client(url: str, max_connections: int = DEFAULT_REDIS_CONNECTIONS) -> 
         timeout=None,
         decode_responses=True,
         health_check_interval=10,
-        retry=Retry(ExponentialBackoff(cap=5.0, base=0.1), REDIS_RETRIES),
+        socket_connect_timeout=5,
+        retry=Retry(ExponentialBackoff(cap=5.0, base=0.1), retries),
         retry_on_error=[RedisConnectionError, RedisTimeoutError, ConnectionError],
     )
     return aioredis.Redis.from_pool(pool)

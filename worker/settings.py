@@ -69,6 +69,20 @@ class Settings(BaseSettings):
         default=20, ge=0, description="Streamed chunks are written to Redis in batches this often."
     )
 
+    flower_address: str = Field(
+        default="127.0.0.1", description="Flower binds here (non-loopback needs auth)."
+    )
+    flower_port: int = Field(default=5555, ge=0, le=65535, description="Flower's port.")
+    flower_user: str = Field(default="mpq", min_length=1, description="Flower login.")
+    flower_password: str | None = Field(
+        default=None, repr=False,
+        description="Flower password; unset: a random one is generated and printed.",
+    )
+    metrics_address: str = Field(
+        default="127.0.0.1", description="`mpq metrics` (Prometheus exporter) binds here."
+    )
+    metrics_port: int = Field(default=9640, ge=0, le=65535, description="Exporter port.")
+
     @field_validator("key_prefix")
     @classmethod
     def _prefix_ends_with_colon(cls, value: str) -> str:

@@ -108,6 +108,7 @@ class JobStore:
             keys.batch(_ID_SLOT),
             keys.batch_jobs(_ID_SLOT),
             keys.batch_events(_ID_SLOT),
+            keys.batch_invalid(_ID_SLOT),
         ]
 
     # -- creating and reading -------------------------------------------------
@@ -148,6 +149,50 @@ class JobStore:
     async def load(self, job_id: str) -> JobRecord | None:
         raw = await self._redis.hgetall(self._keys.job(job_id))
         return JobRecord.from_redis(raw) if raw else None
+
+    async def open_batch(self, batch_id: str, name: str | None, invalid: Sequence[str]) -> None:
+        """Register a batch before its jobs: its name, the input lines refused (JSON
+        error lines), and its place in the index. A batch with nothing to run is finished
+        at once."""
+        key = self._keys.batch(batch_id)
+        now = time.time()
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping={"created_at": str(now), "invalid": str(len(invalid)),
+                                    "total": "0", "status": BatchStatus.IN_PROGRESS.value})
+            if name:
+                pipe.hset(key, "name", name)
+            if invalid:
+                pipe.rpush(self._keys.batch_invalid(batch_id), *invalid)
+            pipe.zadd(self._keys.batches(), {batch_id: now})
+            # Index entries outlive their batches' retention; trim them as batches come.
+            pipe.zremrangebyscore(self._keys.batches(), 0, now - 2 * self.retention_s)
+            await pipe.execute()
+
+    async def close_empty_batch(self, batch_id: str) -> None:
+        """A batch whose every line was refused is finished (and expires like others)."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self._keys.batch(batch_id), mapping={
+                "status": BatchStatus.FINISHED.value, "finished_at": str(time.time())})
+            for template in self._batch_templates:
+                pipe.expire(template.replace(_ID_SLOT, batch_id), self.retention_s)
+            await pipe.execute()
+
+    async def invalid_lines(self, batch_id: str) -> list[str]:
+        lines = await self._redis.lrange(self._keys.batch_invalid(batch_id), 0, -1)
+        return [_text(line) for line in lines]
+
+    async def batch_ids(self, limit: int) -> list[str]:
+        """The newest batches first."""
+        ids = await self._redis.zrevrange(self._keys.batches(), 0, limit - 1)
+        return [_text(cast(str | bytes, i)) for i in ids]
+
+    async def load_many(self, job_ids: Sequence[str]) -> list[JobRecord | None]:
+        """Records of many jobs in one round trip (None where a job is unknown)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hgetall(self._keys.job(job_id))
+            replies = await pipe.execute()
+        return [JobRecord.from_redis(raw) if raw else None for raw in replies]
 
     async def batch(self, batch_id: str) -> BatchRecord | None:
         raw = await self._redis.hgetall(self._keys.batch(batch_id))

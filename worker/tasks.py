@@ -7,6 +7,7 @@ delivery) goes back through the broker with `self.retry`, so Flower shows it as 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from celery import Task
@@ -73,5 +74,4 @@ def refresh_proxies() -> dict[str, Any] | None:
     runtime = get_runtime()
     lock_ttl_s = max(runtime.settings.refresh_interval_s, 30.0)
     report = run_sync(refresh_with_lock(runtime.redis, runtime.keys, runtime.cache, lock_ttl_s))
-    return None if report is None else dict(vars(report)) if not hasattr(
-        report, "model_dump") else report.model_dump()
+    return None if report is None else dataclasses.asdict(report)

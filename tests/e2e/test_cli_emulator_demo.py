@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -53,12 +54,14 @@ def test_emulator_refuses_open_public_bind() -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_demo_runs_end_to_end() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AGENTRUN_", "REDIS_URL"))}
-    result = subprocess.run(
-        [MPQ, "demo"], capture_output=True, text=True, timeout=120, check=False, env=env
-    )
+def test_demo_runs_end_to_end(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("AGENTRUN_", "REDIS_URL", "MPQ_"))}
+    result = subprocess.run([MPQ, "demo"], capture_output=True, text=True, timeout=120,
+                            check=False, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "is READY" in result.stdout
-    assert "usage:" in result.stdout
+    assert "200: 200 succeeded, 0 failed" in result.stdout
     assert "demo finished" in result.stdout
+    lines = (tmp_path / "mpq-demo-results.jsonl").read_text().splitlines()
+    assert len({json.loads(line)["custom_id"] for line in lines}) == 200

@@ -1,12 +1,12 @@
 -- Writes a job's final state exactly once, fenced by attempt.
 -- KEYS[1]  job hash        KEYS[2]  the job's chunk stream
 -- ARGV     job id, attempt ('' = not fenced: a cancel), final status, now,
---          retention_s, batch / batch jobs / batch events key templates,
+--          retention_s, batch / batch jobs / batch events / batch invalid key templates,
 --          error as a JSON string or '', then field/value pairs to set
 -- Returns 1 if this call wrote the final state, 0 if refused.
 local job_key, chunks_key = KEYS[1], KEYS[2]
 local job_id, attempt, status, now, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local templates = {ARGV[6], ARGV[7], ARGV[8]}
+local templates = {ARGV[6], ARGV[7], ARGV[8], ARGV[9]}
 local job = load_job(job_key)
 
 if attempt == '' then
@@ -16,7 +16,7 @@ if refused(job, attempt) then
   return 0
 end
 
-write_job(job_key, job, status, attempt, ARGV[9], 10)
+write_job(job_key, job, status, attempt, ARGV[10], 11)
 redis.call('HSET', job_key, 'finished_at', now)
 redis.call('EXPIRE', job_key, ttl)
 redis.call('EXPIRE', chunks_key, ttl)

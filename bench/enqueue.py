@@ -1,0 +1,128 @@
+"""Enqueue: a 10,000-line batch through `producer.submit.enqueue` (job records, then one
+message and one task-sent event per job) against an embedded Valkey, and the same batch with
+the old `send_task` loop. Limit: a raw pipelined write of the same data from one client:
+one HSET of the same record fields and one LPUSH of a payload the size of the message per
+line, 1,000 lines per round trip. The events' PUBLISHes are extra work of enqueue, left out
+of the limit. Each figure is the best of `--repeat` runs."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+
+import redis
+from redis.typing import EncodableT, FieldT
+
+from producer.submit import enqueue, send_each
+from worker.app import INFERENCE_QUEUE, create_app
+from worker.contract import JobKind, JobRecord
+from worker.embedded_redis import redis_server
+from worker.keys import Keys
+from worker.runtime import redis_client
+from worker.settings import Settings
+from worker.store import JobStore
+
+LINES = 10_000
+CHUNK = 1_000  # lines per round trip in the limit, as the producer's pipelines do
+DEFAULT_REPEAT = 3
+
+
+def batch_lines(count: int) -> list[JobRecord]:
+    """Lines shaped like an OpenAI Batch file's: a short chat request and a custom id."""
+    return [JobRecord(kind=JobKind.CHAT, proxy="bench-proxy", custom_id=f"request-{i}",
+                      request={"model": "qwen-plus", "max_tokens": 64, "messages": [
+                          {"role": "user", "content": f"Summarise item {i} in one line."}]})
+            for i in range(count)]
+
+
+async def best_of(repeat: int, run: Callable[[], Awaitable[None]]) -> float:
+    """Shortest wall time of ``repeat`` runs, in seconds."""
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        await run()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def send_task_loop_publish(settings: Settings) -> Callable[[Sequence[JobRecord]], None]:
+    """The old `publish`: one `send_task` per job over one producer."""
+    celery = create_app(settings)
+
+    def publish(records: Sequence[JobRecord]) -> None:
+        with celery.producer_or_acquire() as producer:
+            send_each(celery, producer, records)
+
+    return publish
+
+
+async def time_enqueue(redis_url: str, repeat: int, old_loop: bool) -> tuple[float, int]:
+    """Seconds per batch through `enqueue` (or records + the old loop), and the size of
+    one message as written to the broker."""
+    settings = Settings(redis_url=redis_url, key_prefix=f"bench-{uuid.uuid4().hex[:6]}:")
+    client = redis_client(redis_url)
+    store = JobStore(client, Keys(settings.key_prefix), settings.result_ttl_s)
+    celery = create_app(settings)
+    old_publish = send_task_loop_publish(settings)
+
+    async def run(records: Sequence[JobRecord]) -> None:
+        batch_id = uuid.uuid4().hex
+        if old_loop:
+            stored = await store.create_jobs(records, batch_id)
+            await asyncio.to_thread(old_publish, stored)
+        else:
+            await enqueue(store, celery, records, batch_id)
+
+    await run(batch_lines(100))  # connections and queue declarations, outside the timing
+    seconds = await best_of(repeat, lambda: run(batch_lines(LINES)))
+    message = await client.lindex(f"{settings.key_prefix}broker:{INFERENCE_QUEUE}", 0)
+    await client.aclose()
+    assert isinstance(message, str)  # the client decodes replies
+    return seconds, len(message.encode())
+
+
+def raw_write(redis_url: str, records: Sequence[JobRecord], message_size: int) -> None:
+    """The limit: the same HSETs and same-size LPUSHes, CHUNK lines per round trip."""
+    prefix = f"bench-raw-{uuid.uuid4().hex[:6]}:"
+    payload = "x" * message_size
+    client = redis.Redis.from_url(redis_url)
+    try:
+        with client.pipeline(transaction=False) as pipe:
+            for start in range(0, len(records), CHUNK):
+                for record in records[start:start + CHUNK]:
+                    fields: dict[FieldT, EncodableT] = {
+                        k: v for k, v in record.to_redis().items()}
+                    pipe.hset(f"{prefix}job:{record.id}", mapping=fields)
+                    pipe.lpush(f"{prefix}queue", payload)
+                pipe.execute()
+    finally:
+        client.close()
+
+
+async def main(repeat: int) -> None:
+    with redis_server(None) as redis_url:
+        enqueue_s, message_size = await time_enqueue(redis_url, repeat, old_loop=False)
+        old_s, _ = await time_enqueue(redis_url, repeat, old_loop=True)
+        records = [r.model_copy(update={"batch_id": "b"}) for r in batch_lines(LINES)]
+
+        async def limit_run() -> None:
+            raw_write(redis_url, records, message_size)
+
+        limit_s = await best_of(repeat, limit_run)
+    rows = [("enqueue (pipelined messages)", enqueue_s),
+            ("enqueue with the send_task loop", old_s),
+            ("limit: raw pipelined HSET + LPUSH", limit_s)]
+    print(f"{LINES} lines, message {message_size} B, best of {repeat}")
+    print(f"{'path':<36} {'seconds':>8} {'lines/s':>9} {'vs limit':>9}")
+    for name, seconds in rows:
+        print(f"{name:<36} {seconds:>8.2f} {LINES / seconds:>9.0f} {limit_s / seconds:>9.2f}")
+    print(f"pipelined / send_task loop: {old_s / enqueue_s:.1f}x")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeat", type=int, default=DEFAULT_REPEAT)
+    asyncio.run(main(parser.parse_args().repeat))

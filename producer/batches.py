@@ -1,0 +1,113 @@
+"""A batch as its producer sees it: progress, wait, results and errors in the OpenAI Batch
+output format (matched by `custom_id`), cancel. Everything is read from Redis, so another
+process can collect a batch later by its id."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+from modelproxy.portal import iterate_sync, run_sync
+from producer.batch_format import error_line, output_line
+from producer.submit import cancel_batch
+from worker.contract import BatchRecord, BatchStatus, JobRecord, JobStatus
+from worker.store import JobStore
+
+PAGE = 1000
+WAIT_INTERVAL_S = 0.5
+
+Progress = Callable[[BatchRecord], None]
+
+
+class BatchNotFoundError(LookupError):
+    def __init__(self, batch_id: str) -> None:
+        super().__init__(f"no batch {batch_id} (unknown, or its results expired)")
+
+
+class AsyncBatch:
+    def __init__(self, store: JobStore, batch_id: str) -> None:
+        self._store = store
+        self.id = batch_id
+
+    def __repr__(self) -> str:
+        return f"AsyncBatch({self.id!r})"
+
+    async def info(self) -> BatchRecord:
+        record = await self._store.batch(self.id)
+        if record is None:
+            raise BatchNotFoundError(self.id)
+        return record
+
+    async def wait(self, timeout: float | None = None, on_progress: Progress | None = None,
+                   interval_s: float = WAIT_INTERVAL_S) -> BatchRecord:
+        """Until every job is final; `on_progress` gets the record at each look."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            record = await self.info()
+            if on_progress is not None:
+                on_progress(record)
+            if record.status == BatchStatus.FINISHED:
+                return record
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"batch {self.id}: {record.done}/{record.total} done")
+            await asyncio.sleep(interval_s)
+
+    async def records(self) -> AsyncIterator[JobRecord]:
+        """Job records in input order."""
+        start = 0
+        while True:
+            ids = await self._store.batch_job_ids(self.id, start, start + PAGE - 1)
+            if not ids:
+                return
+            for record in await self._store.load_many(ids):
+                if record is not None:
+                    yield record
+            start += PAGE
+
+    async def results(self) -> AsyncIterator[dict[str, Any]]:
+        """Output lines of the succeeded jobs."""
+        async for record in self.records():
+            if record.status == JobStatus.SUCCEEDED:
+                yield output_line(record)
+
+    async def errors(self) -> AsyncIterator[dict[str, Any]]:
+        """Lines refused at submission, then failed and cancelled jobs."""
+        for raw in await self._store.invalid_lines(self.id):
+            yield json.loads(raw)
+        async for record in self.records():
+            if record.status in (JobStatus.FAILED, JobStatus.CANCELLED):
+                yield error_line(record)
+
+    async def cancel(self) -> int:
+        """Cancel every job not final yet; returns how many."""
+        return await cancel_batch(self._store, self.id)
+
+
+class Batch:
+    """The sync twin of `AsyncBatch`."""
+
+    def __init__(self, batch: AsyncBatch) -> None:
+        self._batch = batch
+        self.id = batch.id
+
+    def __repr__(self) -> str:
+        return f"Batch({self.id!r})"
+
+    def info(self) -> BatchRecord:
+        return run_sync(self._batch.info())
+
+    def wait(self, timeout: float | None = None, on_progress: Progress | None = None,
+             interval_s: float = WAIT_INTERVAL_S) -> BatchRecord:
+        return run_sync(self._batch.wait(timeout, on_progress, interval_s))
+
+    def results(self) -> Iterator[dict[str, Any]]:
+        return iterate_sync(self._batch.results())
+
+    def errors(self) -> Iterator[dict[str, Any]]:
+        return iterate_sync(self._batch.errors())
+
+    def cancel(self) -> int:
+        return run_sync(self._batch.cancel())

@@ -1,0 +1,174 @@
+"""`mpq batch …`: submit OpenAI Batch files, follow them, collect results and errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from producer.batches import Batch
+from producer.cli_common import EXIT_FAILED, clean_errors, client, console, err_console, fail
+from worker.contract import BatchRecord, JobStatus
+
+app = typer.Typer(help="Batches in the OpenAI Batch format (JSONL).", no_args_is_help=True)
+OUTPUT_HELP = "File to write (default: stdout)."
+
+
+@contextmanager
+def _output(path: Path | None) -> Iterator[IO[str]]:
+    if path is None:
+        yield sys.stdout
+        return
+    with path.open("w", encoding="utf-8") as out:
+        yield out
+
+
+def _write_lines(lines: Iterator[dict[str, object]], path: Path | None) -> int:
+    count = 0
+    with _output(path) as out:
+        for line in lines:
+            out.write(json.dumps(line, separators=(",", ":")) + "\n")
+            count += 1
+    return count
+
+
+def _counts(record: BatchRecord) -> str:
+    c = record.counts
+    return (f"{record.done}/{record.total} done: {c.get(JobStatus.SUCCEEDED, 0)} succeeded, "
+            f"{c.get(JobStatus.FAILED, 0)} failed, {c.get(JobStatus.CANCELLED, 0)} cancelled, "
+            f"{c.get(JobStatus.RUNNING, 0)} running, "
+            f"{c.get(JobStatus.QUEUED, 0) + c.get(JobStatus.RETRYING, 0)} waiting"
+            + (f"; {record.invalid} invalid lines" if record.invalid else ""))
+
+
+def follow(batch: Batch, total: int, timeout: float | None = None) -> BatchRecord:
+    """Wait for the batch with a live progress bar: done, failed, rate, ETA."""
+    started = time.monotonic()
+    columns = (TextColumn("[bold]batch"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+               TextColumn("[red]{task.fields[failed]} failed"),
+               TextColumn("{task.fields[rate]:.1f} jobs/s"), TimeRemainingColumn())
+    with Progress(*columns, console=err_console, transient=False) as progress:
+        task = progress.add_task("batch", total=total, failed=0, rate=0.0)
+
+        def show(record: BatchRecord) -> None:
+            elapsed = max(time.monotonic() - started, 1e-6)
+            failed = record.counts.get(JobStatus.FAILED, 0)
+            progress.update(task, completed=record.done, failed=failed,
+                            rate=record.done / elapsed)
+
+        return batch.wait(timeout=timeout, on_progress=show, interval_s=0.25)
+
+
+@app.command()
+@clean_errors
+def submit(
+    file: Path = typer.Argument(..., help="OpenAI Batch input (JSONL); - for stdin."),
+    proxy: str | None = typer.Option(None, help="Proxy for lines without a \"proxy\" key."),
+    wait: bool = typer.Option(False, help="Follow the batch to its end with a progress bar."),
+    strict: bool = typer.Option(False, help="Refuse the whole file if any line is invalid."),
+    results: Path | None = typer.Option(None, help="With --wait: write the results here."),
+) -> None:
+    """Submit a batch; invalid lines are reported with their line numbers."""
+    with client() as mpq:
+        source = sys.stdin.buffer if str(file) == "-" else file.open("rb")
+        with source:
+            batch, errors = mpq.submit_batch(source, proxy, strict=strict, name=file.name)
+        info = batch.info()
+        for error in errors[:20]:
+            err_console.print(f"[yellow]skipped[/] {error}", highlight=False)
+        if len(errors) > 20:
+            err_console.print(f"[yellow]… and {len(errors) - 20} more invalid lines[/]")
+        console.print(f"batch [bold]{batch.id}[/] submitted: {info.total} jobs queued"
+                      + (f", {len(errors)} invalid lines" if errors else ""))
+        if not wait:
+            return
+        final = follow(batch, info.total)
+        console.print(_counts(final))
+        if results is not None:
+            written = _write_lines(batch.results(), results)
+            console.print(f"{written} results written to {results}")
+        if final.counts.get(JobStatus.FAILED, 0) or errors:
+            raise typer.Exit(EXIT_FAILED)
+
+
+@app.command()
+@clean_errors
+def status(batch_id: str = typer.Argument(..., help="Batch id.")) -> None:
+    """Counts of a batch by state."""
+    with client() as mpq:
+        record = mpq.batch(batch_id).info()
+        console.print(f"batch {record.id} ({record.status.value}): {_counts(record)}")
+
+
+@app.command()
+@clean_errors
+def wait(batch_id: str = typer.Argument(..., help="Batch id."),
+         timeout: float | None = typer.Option(None, help="Give up after this many seconds.")
+         ) -> None:
+    """Follow a batch to its end with a progress bar."""
+    with client() as mpq:
+        batch = mpq.batch(batch_id)
+        final = follow(batch, batch.info().total, timeout)
+        console.print(_counts(final))
+
+
+@app.command()
+@clean_errors
+def results(batch_id: str = typer.Argument(..., help="Batch id."),
+            output: Path | None = typer.Option(None, "--output", "-o", help=OUTPUT_HELP)
+            ) -> None:
+    """Succeeded jobs in the OpenAI Batch output format, matched by custom_id."""
+    with client() as mpq:
+        batch = mpq.batch(batch_id)
+        batch.info()  # unknown id: a clear error, not an empty file
+        written = _write_lines(batch.results(), output)
+        if output is not None:
+            console.print(f"{written} results written to {output}")
+
+
+@app.command()
+@clean_errors
+def errors(batch_id: str = typer.Argument(..., help="Batch id."),
+           output: Path | None = typer.Option(None, "--output", "-o", help=OUTPUT_HELP)
+           ) -> None:
+    """Invalid lines, failed and cancelled jobs, in the OpenAI Batch error format."""
+    with client() as mpq:
+        batch = mpq.batch(batch_id)
+        batch.info()
+        written = _write_lines(batch.errors(), output)
+        if output is not None:
+            console.print(f"{written} errors written to {output}")
+
+
+@app.command()
+@clean_errors
+def cancel(batch_id: str = typer.Argument(..., help="Batch id.")) -> None:
+    """Cancel every job of the batch that has not finished."""
+    with client() as mpq:
+        batch = mpq.batch(batch_id)
+        batch.info()
+        console.print(f"cancelled {batch.cancel()} jobs of batch {batch_id}")
+
+
+@app.command("list")
+@clean_errors
+def list_batches(limit: int = typer.Option(20, min=1, help="How many, newest first.")) -> None:
+    """Recent batches."""
+    with client() as mpq:
+        table = Table("batch", "name", "status", "total", "succeeded", "failed", "invalid")
+        for record in mpq.batches(limit):
+            table.add_row(record.id, record.name or "", record.status.value, str(record.total),
+                          str(record.counts.get(JobStatus.SUCCEEDED, 0)),
+                          str(record.counts.get(JobStatus.FAILED, 0)), str(record.invalid))
+        console.print(table)
+
+
+__all__ = ["app", "fail", "follow"]

@@ -1,0 +1,86 @@
+"""What every `mpq` command shares: consoles, one-line errors with stable exit codes, and
+a client built from the environment."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+from collections.abc import Callable, Iterator
+from typing import Any, NoReturn, ParamSpec, TypeVar
+
+import typer
+from pydantic import ValidationError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from rich.console import Console
+from rich.markup import escape
+
+from producer.batches import BatchNotFoundError
+from producer.client import BatchInvalidError, Client, NoRedisError
+from producer.jobs import JobFailedError, JobNotFoundError, JobTimeoutError
+from worker.settings import Settings
+
+# Exit codes scripts can rely on (documented in the README).
+EXIT_OK = 0
+EXIT_FAILED = 1  # the work ran and failed (a job failed, a batch had failures)
+EXIT_USAGE = 2  # bad arguments or input (also typer's own usage errors)
+EXIT_NOT_FOUND = 3  # unknown job, batch or proxy
+EXIT_UNAVAILABLE = 4  # Redis unreachable, or no worker took the job in time
+
+console = Console()
+err_console = Console(stderr=True)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
+    """One clear line on stderr and a non-zero exit: no traceback for user mistakes."""
+    err_console.print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+_ERRORS: list[tuple[type[BaseException], int, str]] = [
+    (NoRedisError, EXIT_USAGE, "{exc}"),
+    (RedisConnectionError, EXIT_UNAVAILABLE, "cannot reach Redis: {exc}"),
+    (RedisError, EXIT_UNAVAILABLE, "Redis error: {exc}"),
+    (JobNotFoundError, EXIT_NOT_FOUND, "{exc}"),
+    (BatchNotFoundError, EXIT_NOT_FOUND, "{exc}"),
+    (JobTimeoutError, EXIT_UNAVAILABLE, "{exc} (is `mpq worker` running?)"),
+    (JobFailedError, EXIT_FAILED, "{exc}"),
+    (BatchInvalidError, EXIT_USAGE, "{exc}"),
+    (ValidationError, EXIT_USAGE, "invalid input: {exc}"),
+    (FileNotFoundError, EXIT_USAGE, "no such file: {exc.filename}"),
+    (IsADirectoryError, EXIT_USAGE, "is a directory: {exc.filename}"),
+    (PermissionError, EXIT_USAGE, "permission denied: {exc.filename}"),
+    (ValueError, EXIT_USAGE, "{exc}"),
+]
+
+
+def clean_errors(func: Callable[P, R]) -> Callable[P, R]:
+    """Map the errors a user can cause or meet to one line and an exit code."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except tuple(cls for cls, _, _ in _ERRORS) as exc:
+            for cls, code, template in _ERRORS:
+                if isinstance(exc, cls):
+                    fail(template.format(exc=exc).splitlines()[0], code)
+            raise
+
+    return wrapper
+
+
+@contextlib.contextmanager
+def client(settings: Settings | None = None) -> Iterator[Client]:
+    """A client of the configured Redis; fails fast (no minute of retries) when it is down."""
+    resolved = settings or Settings()
+    with Client(resolved, connect_retries=1) as mpq:
+        yield mpq
+
+
+def print_json(value: Any) -> None:
+    console.print_json(json.dumps(value, default=str))

@@ -1,0 +1,235 @@
+"""The Python API: `AsyncClient` (and its sync twin `Client`) submit jobs and batches and
+hand back handles to follow them. Both only need the shared Redis (and broker)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any, Self
+
+from celery import Celery
+
+from modelproxy import ModelProxyCreateInput, ModelProxyUpdateInput
+from modelproxy.portal import run_sync
+from producer.batch_format import (
+    LineError,
+    check_request,
+    error_line_for_invalid,
+    parse_batch,
+)
+from producer.batches import AsyncBatch, Batch, BatchNotFoundError
+from producer.jobs import AsyncJob, Job
+from producer.submit import enqueue
+from worker.app import create_app
+from worker.contract import BatchRecord, JobKind, JobRecord, new_id
+from worker.keys import Keys
+from worker.runtime import REDIS_RETRIES, redis_client
+from worker.settings import Settings
+from worker.store import JobStore
+
+ENQUEUE_CHUNK = 5000  # lines per round of writes: workers start while the rest goes in
+JSON_SEPARATORS = (",", ":")
+
+
+class NoRedisError(RuntimeError):
+    def __init__(self) -> None:
+        super().__init__("no Redis: set MPQ_REDIS_URL (or REDIS_URL)")
+
+
+class BatchInvalidError(ValueError):
+    """`strict=True` and some lines are invalid: nothing was submitted."""
+
+    def __init__(self, errors: Sequence[LineError]) -> None:
+        shown = "; ".join(str(e) for e in errors[:3])
+        more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+        super().__init__(f"{len(errors)} invalid line(s): {shown}{more}")
+        self.errors = list(errors)
+
+
+class AsyncClient:
+    def __init__(self, settings: Settings | None = None, *, celery: Celery | None = None,
+                 connect_retries: int = REDIS_RETRIES) -> None:
+        """`connect_retries`: how long to ride out an unreachable Redis (a long-lived
+        producer waits for a restart; a command line should fail fast)."""
+        self.settings = settings or Settings()
+        if not self.settings.redis_url:
+            raise NoRedisError()
+        self.keys = Keys(self.settings.key_prefix)
+        self._redis = redis_client(self.settings.redis_url, retries=connect_retries)
+        self.store = JobStore(self._redis, self.keys, self.settings.result_ttl_s)
+        self.celery = celery or create_app(self.settings)
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # ---- jobs ---------------------------------------------------------------------------
+
+    async def submit(self, kind: JobKind, proxy: str, request: dict[str, Any]) -> AsyncJob:
+        """Validate and enqueue one job; bad input raises `ValueError` and sends nothing."""
+        if kind in (JobKind.CHAT, JobKind.RESPONSES):
+            check_request(kind, request)
+        elif kind not in (JobKind.MGMT_LIST, JobKind.MGMT_REFRESH) and not request.get("name"):
+            raise ValueError(f"a {kind.value} job needs a proxy name")
+        (record,) = await enqueue(self.store, self.celery,
+                                  [JobRecord(kind=kind, proxy=proxy, request=request)])
+        return AsyncJob(self.store, record.id)
+
+    async def chat(self, proxy: str, messages: list[dict[str, Any]], *, model: str | None = None,
+                   stream: bool = False, **params: Any) -> AsyncJob:
+        request = {**params, "messages": messages, "stream": stream}
+        if model:
+            request["model"] = model
+        return await self.submit(JobKind.CHAT, proxy, request)
+
+    async def responses(self, proxy: str, input: str | list[dict[str, Any]], *,
+                        model: str | None = None, stream: bool = False,
+                        **params: Any) -> AsyncJob:
+        request = {**params, "input": input, "stream": stream}
+        if model:
+            request["model"] = model
+        return await self.submit(JobKind.RESPONSES, proxy, request)
+
+    def job(self, job_id: str) -> AsyncJob:
+        return AsyncJob(self.store, job_id)
+
+    # ---- proxies (management jobs) ------------------------------------------------------
+
+    async def create_proxy(self, spec: ModelProxyCreateInput) -> AsyncJob:
+        name = spec.model_proxy_name
+        return await self.submit(JobKind.MGMT_CREATE, name, {"name": name,
+                                                              "input": spec.to_wire()})
+
+    async def update_proxy(self, name: str, changes: ModelProxyUpdateInput) -> AsyncJob:
+        return await self.submit(JobKind.MGMT_UPDATE, name, {"name": name,
+                                                              "input": changes.to_wire()})
+
+    async def delete_proxy(self, name: str) -> AsyncJob:
+        return await self.submit(JobKind.MGMT_DELETE, name, {"name": name})
+
+    async def get_proxy(self, name: str) -> AsyncJob:
+        return await self.submit(JobKind.MGMT_GET, name, {"name": name})
+
+    async def wait_proxy(self, name: str, timeout_s: float = 300) -> AsyncJob:
+        return await self.submit(JobKind.MGMT_WAIT, name, {"name": name, "timeout_s": timeout_s})
+
+    async def list_proxies(self) -> AsyncJob:
+        return await self.submit(JobKind.MGMT_LIST, "*", {})
+
+    async def refresh_proxies(self) -> AsyncJob:
+        return await self.submit(JobKind.MGMT_REFRESH, "*", {})
+
+    # ---- batches ------------------------------------------------------------------------
+
+    async def submit_batch(self, lines: Iterable[str | bytes], proxy: str | None = None, *,
+                           strict: bool = False, name: str | None = None,
+                           ) -> tuple[AsyncBatch, list[LineError]]:
+        """Submit an OpenAI Batch input (JSONL lines). Invalid lines are reported (and kept
+        for the errors file) while the valid ones run, unless `strict`."""
+        parsed = parse_batch(lines, proxy)
+        if strict and parsed.errors:
+            raise BatchInvalidError(parsed.errors)
+        batch_id = new_id()
+        invalid = [_json(error_line_for_invalid(error)) for error in parsed.errors]
+        await self.store.open_batch(batch_id, name, invalid)
+        records = [JobRecord(kind=line.kind, proxy=line.proxy, request=line.body,
+                             custom_id=line.custom_id) for line in parsed.lines]
+        for start in range(0, len(records), ENQUEUE_CHUNK):
+            await enqueue(self.store, self.celery, records[start:start + ENQUEUE_CHUNK],
+                          batch_id)
+        if not records:
+            await self.store.close_empty_batch(batch_id)
+        return AsyncBatch(self.store, batch_id), parsed.errors
+
+    def batch(self, batch_id: str) -> AsyncBatch:
+        return AsyncBatch(self.store, batch_id)
+
+    async def batches(self, limit: int = 20) -> list[BatchRecord]:
+        """The newest batches first (those whose records expired are left out)."""
+        found = []
+        for batch_id in await self.store.batch_ids(limit):
+            try:
+                found.append(await AsyncBatch(self.store, batch_id).info())
+            except BatchNotFoundError:
+                continue
+        return found
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=JSON_SEPARATORS)
+
+
+class Client:
+    """The sync twin of `AsyncClient` (runs it on the portal loop)."""
+
+    def __init__(self, settings: Settings | None = None, *,
+                 connect_retries: int = REDIS_RETRIES) -> None:
+        self._client = AsyncClient(settings, connect_retries=connect_retries)
+        self.settings = self._client.settings
+
+    def close(self) -> None:
+        run_sync(self._client.aclose())
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def submit(self, kind: JobKind, proxy: str, request: dict[str, Any]) -> Job:
+        return Job(run_sync(self._client.submit(kind, proxy, request)))
+
+    def chat(self, proxy: str, messages: list[dict[str, Any]], *, model: str | None = None,
+             stream: bool = False, **params: Any) -> Job:
+        return Job(run_sync(self._client.chat(proxy, messages, model=model, stream=stream,
+                                              **params)))
+
+    def responses(self, proxy: str, input: str | list[dict[str, Any]], *,
+                  model: str | None = None, stream: bool = False, **params: Any) -> Job:
+        return Job(run_sync(self._client.responses(proxy, input, model=model, stream=stream,
+                                                   **params)))
+
+    def job(self, job_id: str) -> Job:
+        return Job(self._client.job(job_id))
+
+    def create_proxy(self, spec: ModelProxyCreateInput) -> Job:
+        return Job(run_sync(self._client.create_proxy(spec)))
+
+    def update_proxy(self, name: str, changes: ModelProxyUpdateInput) -> Job:
+        return Job(run_sync(self._client.update_proxy(name, changes)))
+
+    def delete_proxy(self, name: str) -> Job:
+        return Job(run_sync(self._client.delete_proxy(name)))
+
+    def get_proxy(self, name: str) -> Job:
+        return Job(run_sync(self._client.get_proxy(name)))
+
+    def wait_proxy(self, name: str, timeout_s: float = 300) -> Job:
+        return Job(run_sync(self._client.wait_proxy(name, timeout_s)))
+
+    def list_proxies(self) -> Job:
+        return Job(run_sync(self._client.list_proxies()))
+
+    def refresh_proxies(self) -> Job:
+        return Job(run_sync(self._client.refresh_proxies()))
+
+    def submit_batch(self, lines: Iterable[str | bytes], proxy: str | None = None, *,
+                     strict: bool = False, name: str | None = None,
+                     ) -> tuple[Batch, list[LineError]]:
+        batch, errors = run_sync(self._client.submit_batch(lines, proxy, strict=strict,
+                                                           name=name))
+        return Batch(batch), errors
+
+    def batch(self, batch_id: str) -> Batch:
+        return Batch(self._client.batch(batch_id))
+
+    def batches(self, limit: int = 20) -> list[BatchRecord]:
+        return run_sync(self._client.batches(limit))
+
+
+__all__ = ["AsyncClient", "BatchInvalidError", "Client", "NoRedisError"]

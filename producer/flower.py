@@ -1,0 +1,205 @@
+"""`mpq flower`: Flower on our broker, with our settings, safe by default.
+
+- Basic auth is on unless `--no-auth`; the password comes from `MPQ_FLOWER_PASSWORD` or is
+  generated and printed. Flower's REST API needs the same credentials.
+- Flower binds to loopback unless told otherwise, and refuses a non-loopback address
+  without auth unless forced (`--force-open`).
+- Read-only by default: revoking or sending tasks from Flower would bypass the job store
+  (a revoked message leaves its job `queued` forever); `--allow-control` lifts it.
+- The tasks page shows the columns that say what a job is (name, state, the args summary,
+  retries, the exception) and Flower's `/metrics` also carries mpq's own figures.
+
+Flower runs in this process (`celery flower` with our app object), so the password never
+appears in a process listing.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import typer
+
+from worker.settings import Settings
+
+DEFAULT_USER = "mpq"
+DEFAULT_ADDRESS = "127.0.0.1"
+DEFAULT_PORT = 5555
+GENERATED_PASSWORD_BYTES = 12
+EXIT_USAGE = 2
+# What a user needs to tell jobs apart; Flower's default hides the args and the exception.
+TASK_COLUMNS = "name,state,args,retries,exception,received,runtime,worker,uuid"
+LOCALHOST_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+
+T = TypeVar("T")
+
+
+class UnsafeBindError(ValueError):
+    """An unauthenticated Flower on a non-loopback address, without `force_open`."""
+
+
+@dataclass(frozen=True)
+class FlowerAccess:
+    """Where Flower listens and who may log in (`user` None: no auth)."""
+
+    address: str
+    port: int
+    user: str | None
+    password: str | None
+    generated_password: bool = False
+
+    @property
+    def url(self) -> str:
+        host = self.address or "0.0.0.0"  # noqa: S104 - only for display: '' binds everywhere
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
+
+
+def _setting(settings: Settings, name: str, default: T) -> T:
+    """A Flower setting, or its default while `Settings` does not declare it."""
+    value = getattr(settings, name, None)
+    if value is None:
+        return default
+    secret = getattr(value, "get_secret_value", None)
+    return secret() if callable(secret) else value  # type: ignore[no-any-return]
+
+
+def is_loopback(address: str) -> bool:
+    """`127.0.0.0/8`, `::1` and localhost names; '' (every interface) is not."""
+    if address.lower() in LOCALHOST_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(address: str, *, auth: bool, force_open: bool) -> None:
+    if not auth and not force_open and not is_loopback(address):
+        raise UnsafeBindError(
+            f"refusing to serve Flower without auth on {address or 'every interface'}: "
+            "keep basic auth on, bind to 127.0.0.1, or pass --force-open"
+        )
+
+
+def resolve_access(
+    settings: Settings, *, address: str | None, port: int | None, user: str | None,
+    password: str | None, auth: bool,
+) -> FlowerAccess:
+    """Options win over settings, settings over defaults; a missing password is generated."""
+    bind = address if address is not None else _setting(settings, "flower_address",
+                                                        DEFAULT_ADDRESS)
+    bind_port = port if port is not None else _setting(settings, "flower_port", DEFAULT_PORT)
+    if not auth:
+        return FlowerAccess(bind, bind_port, None, None)
+    login = user or _setting(settings, "flower_user", DEFAULT_USER)
+    secret = password or _setting(settings, "flower_password", "")
+    if secret:
+        return FlowerAccess(bind, bind_port, login, secret)
+    generated = secrets.token_urlsafe(GENERATED_PASSWORD_BYTES)
+    return FlowerAccess(bind, bind_port, login, generated, generated_password=True)
+
+
+def flower_argv(
+    access: FlowerAccess, *, read_only: bool = True, extra_args: Sequence[str] = ()
+) -> list[str]:
+    """The `celery flower` arguments (extra_args last: they override ours)."""
+    argv = [
+        "flower",
+        f"--address={access.address}",
+        f"--port={access.port}",
+        f"--tasks_columns={TASK_COLUMNS}",
+        f"--read_only={read_only}",
+    ]
+    if access.user is not None:
+        argv.append(f"--basic_auth={access.user}:{access.password}")
+    return [*argv, *extra_args]
+
+
+def _login_lines(access: FlowerAccess) -> list[str]:
+    # With port 0 the OS picks one: Flower's own "Visit me at" line names it.
+    where = f"Flower {access.url}" if access.port else "Flower"
+    if access.user is None:
+        return [f"{where}  (no auth)"]
+    lines = [f"{where}  user {access.user}"]
+    if access.generated_password:
+        lines.append(f"password {access.password}  (generated; set MPQ_FLOWER_PASSWORD to "
+                     "choose one)")
+    if not is_loopback(access.address):
+        lines.append("warning: basic auth over plain HTTP: put Flower behind TLS "
+                     "(--certfile/--keyfile after --) or an SSH tunnel")
+    return lines
+
+
+def _register_mpq_metrics(settings: Settings) -> None:
+    """Flower's `/metrics` serves the default registry: add mpq's figures to it."""
+    from prometheus_client import REGISTRY  # noqa: PLC0415 - only when Flower runs
+
+    from producer.metrics_exporter import MpqCollector  # noqa: PLC0415
+
+    REGISTRY.register(MpqCollector(settings))
+
+
+def run_flower(
+    settings: Settings,
+    *,
+    address: str | None = None,
+    port: int | None = None,
+    user: str | None = None,
+    password: str | None = None,
+    auth: bool = True,
+    force_open: bool = False,
+    read_only: bool = True,
+    extra_args: Sequence[str] = (),
+) -> int:
+    """Run Flower in the foreground until SIGTERM or Ctrl-C; returns its exit code.
+
+    Raises `UnsafeBindError` before anything starts when the address is unsafe."""
+    access = resolve_access(settings, address=address, port=port, user=user,
+                            password=password, auth=auth)
+    check_exposure(access.address, auth=auth, force_open=force_open)
+    for line in _login_lines(access):
+        typer.echo(line)
+    from worker.app import create_app  # noqa: PLC0415 - imports Celery
+
+    _register_mpq_metrics(settings)
+    code = create_app(settings).start(flower_argv(access, read_only=read_only,
+                                                  extra_args=extra_args))
+    return int(code or 0)
+
+
+def flower_command(  # noqa: PLR0917 - typer: one parameter per option
+    address: str | None = typer.Option(
+        None, help="Address to bind (default: MPQ_FLOWER_ADDRESS or 127.0.0.1)."),
+    port: int | None = typer.Option(
+        None, min=0, help="Port (default: MPQ_FLOWER_PORT or 5555)."),
+    user: str | None = typer.Option(None, help="Login (default: MPQ_FLOWER_USER or mpq)."),
+    password: str | None = typer.Option(
+        None, help="Password (better: MPQ_FLOWER_PASSWORD; unset: generated and printed)."),
+    auth: bool = typer.Option(True, help="Basic auth on the pages and the REST API."),
+    force_open: bool = typer.Option(
+        False, help="Allow --no-auth on a non-loopback address."),
+    allow_control: bool = typer.Option(
+        False, help="Let Flower revoke/send tasks and control workers (bypasses mpq cancel)."),
+    extra_args: list[str] | None = typer.Argument(
+        None, help="More Flower options after --, e.g. -- --persistent=True"),
+) -> None:
+    """Run Flower (Celery's monitor) on the configured broker: tasks, workers, queues."""
+    settings = Settings()
+    if not (settings.broker_url or settings.redis_url):
+        typer.echo("error: no broker: set MPQ_REDIS_URL (or MPQ_BROKER_URL)", err=True)
+        raise typer.Exit(EXIT_USAGE)
+    try:
+        code = run_flower(settings, address=address, port=port, user=user, password=password,
+                          auth=auth, force_open=force_open, read_only=not allow_control,
+                          extra_args=extra_args or ())
+    except UnsafeBindError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_USAGE) from exc
+    raise typer.Exit(code)
+
+
+if __name__ == "__main__":
+    typer.run(flower_command)

@@ -1,0 +1,174 @@
+"""A submitted job as its producer sees it: status, result, live stream, cancel.
+
+Streams are read from the job's Redis stream and survive the producer restarting (pass
+the last entry id back to resume). When an attempt fails after sending chunks, the stream
+yields a `restart` event before the next attempt's chunks, so a consumer never mixes two
+attempts; `final_text()` gives only the final attempt's text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from modelproxy.portal import iterate_sync, run_sync
+from worker.contract import FINAL, ChunkEntry, JobRecord, JobStatus
+from worker.store import JobStore
+
+POLL_MIN_S = 0.02
+POLL_MAX_S = 0.5
+STREAM_BLOCK_MS = 500
+
+
+class JobNotFoundError(LookupError):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no job {job_id} (unknown, or its results expired)")
+
+
+class JobFailedError(RuntimeError):
+    """The job ended failed or cancelled; `record` says why."""
+
+    def __init__(self, record: JobRecord) -> None:
+        super().__init__(f"job {record.id} {record.status.value}: {record.error or ''}".strip())
+        self.record = record
+
+
+class JobTimeoutError(TimeoutError):
+    pass
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    """One event of a job's stream. `restart`: drop what this job streamed so far."""
+
+    entry_id: str
+    attempt: int
+    kind: Literal["delta", "done", "error", "restart"]
+    text: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+def result_text(record: JobRecord) -> str:
+    """The reply text of a finished chat or Responses job."""
+    result = record.result or {}
+    choices = result.get("choices")
+    if choices:
+        return str((choices[0].get("message") or {}).get("content") or "")
+    parts = [
+        str(content.get("text", ""))
+        for item in result.get("output") or []
+        if item.get("type") == "message"
+        for content in item.get("content") or []
+        if content.get("type") == "output_text"
+    ]
+    return "".join(parts)
+
+
+async def wait_final(store: JobStore, job_id: str, timeout_s: float | None) -> JobRecord:
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    delay_s = POLL_MIN_S
+    while True:
+        record = await store.load(job_id)
+        if record is None:
+            raise JobNotFoundError(job_id)
+        if record.status in FINAL:
+            return record
+        if deadline is not None and time.monotonic() + delay_s > deadline:
+            raise JobTimeoutError(f"job {job_id} still {record.status.value} after {timeout_s} s")
+        await asyncio.sleep(delay_s)
+        delay_s = min(delay_s * 1.5, POLL_MAX_S)
+
+
+def _event(entry_id: str, entry: ChunkEntry) -> StreamEvent:
+    payload = entry.payload()
+    data = payload if isinstance(payload, dict) else {}
+    return StreamEvent(entry_id, entry.attempt, entry.kind, str(data.get("text", "")), data)
+
+
+class AsyncJob:
+    def __init__(self, store: JobStore, job_id: str) -> None:
+        self._store = store
+        self.id = job_id
+
+    def __repr__(self) -> str:
+        return f"AsyncJob({self.id!r})"
+
+    async def record(self) -> JobRecord:
+        record = await self._store.load(self.id)
+        if record is None:
+            raise JobNotFoundError(self.id)
+        return record
+
+    async def status(self) -> JobStatus:
+        return (await self.record()).status
+
+    async def result(self, timeout: float | None = None) -> JobRecord:
+        """Wait for the end; the record of a succeeded job, else `JobFailedError`."""
+        record = await wait_final(self._store, self.id, timeout)
+        if record.status != JobStatus.SUCCEEDED:
+            raise JobFailedError(record)
+        return record
+
+    async def final_text(self, timeout: float | None = None) -> str:
+        return result_text(await self.result(timeout))
+
+    async def cancel(self) -> bool:
+        """Cancel unless already final; a running stream stops within a second."""
+        return await self._store.cancel(self.id)
+
+    async def stream(self, last_id: str = "0") -> AsyncIterator[StreamEvent]:
+        """Chunks as they arrive (resumable from `last_id`), ending with the final
+        attempt's `done`, or when the job ends without one (failed, cancelled)."""
+        attempt_seen = 0
+        while True:
+            entries = await self._store.read_chunks(self.id, last_id, block_ms=STREAM_BLOCK_MS)
+            for entry_id, entry in entries:
+                last_id = entry_id
+                if attempt_seen and entry.attempt > attempt_seen:
+                    yield StreamEvent(entry_id, entry.attempt, "restart")
+                attempt_seen = max(attempt_seen, entry.attempt)
+                yield _event(entry_id, entry)
+                if entry.kind == "done":
+                    return
+            if entries:
+                continue
+            # Quiet for a while: stop once the job has ended and nothing is left to read.
+            record = await self._store.load(self.id)
+            ended = record is None or record.status in FINAL
+            if ended and await self._drained(last_id):
+                return
+
+    async def _drained(self, last_id: str) -> bool:
+        return not await self._store.read_chunks(self.id, last_id, count=1)
+
+
+class Job:
+    """The sync twin of `AsyncJob` (runs it on the portal loop)."""
+
+    def __init__(self, job: AsyncJob) -> None:
+        self._job = job
+        self.id = job.id
+
+    def __repr__(self) -> str:
+        return f"Job({self.id!r})"
+
+    def record(self) -> JobRecord:
+        return run_sync(self._job.record())
+
+    def status(self) -> JobStatus:
+        return run_sync(self._job.status())
+
+    def result(self, timeout: float | None = None) -> JobRecord:
+        return run_sync(self._job.result(timeout))
+
+    def final_text(self, timeout: float | None = None) -> str:
+        return run_sync(self._job.final_text(timeout))
+
+    def cancel(self) -> bool:
+        return run_sync(self._job.cancel())
+
+    def stream(self, last_id: str = "0") -> Iterator[StreamEvent]:
+        return iterate_sync(self._job.stream(last_id))

@@ -1,0 +1,201 @@
+"""Publishing jobs: the pipelined Redis path writes the messages `send_task` would, real
+workers run them from the right queues, and other brokers (RabbitMQ) use `send_task`."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+from conftest import WorkerProcess
+from kombu import Connection
+from stack import Stack
+
+from modelproxy.emulator.server import EmulatorServer
+from modelproxy.emulator.settings import EmulatorSettings
+from producer import submit
+from producer.submit import enqueue, job_summary
+from worker.app import INFERENCE_QUEUE, MANAGEMENT_QUEUE
+from worker.contract import JobKind, JobRecord, JobStatus
+from worker.tasks import TASK_NAMES
+
+pytestmark = pytest.mark.timeout(180)
+
+RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
+CHAT = {"model": "m1", "messages": [{"role": "user", "content": "hello queue"}]}
+# What differs between two messages of the same job: the task id and kombu's delivery tag.
+TASK_IDS = (("headers", "id"), ("headers", "root_id"), ("properties", "correlation_id"),
+            ("properties", "delivery_tag"))
+EVENT_IDS = ("uuid", "root_id", "clock", "timestamp")
+
+
+@pytest.fixture(scope="module")
+def emulator() -> Iterator[EmulatorServer]:
+    with EmulatorServer(settings=EmulatorSettings(create_delay_s=0.05)) as server:
+        yield server
+
+
+@pytest.fixture
+async def stack(redis_url: str, emulator: EmulatorServer) -> AsyncIterator[Stack]:
+    created = Stack.create(redis_url, emulator.url)
+    yield created
+    await created.close()
+
+
+def jobs(proxy: str, chats: int) -> list[JobRecord]:
+    """``chats`` chat jobs and one management job (a list: it needs no proxy of its own)."""
+    records = [JobRecord(kind=JobKind.CHAT, proxy=proxy, request=CHAT, custom_id=f"line-{i}")
+               for i in range(chats)]
+    return [*records, JobRecord(kind=JobKind.MGMT_LIST, proxy=proxy, request={})]
+
+
+def forbid(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """Make one publishing path fail loudly, to prove the other one ran."""
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError(f"{name} must not be used here")
+    monkeypatch.setattr(submit, name, refuse)
+
+
+def broker_key(stack: Stack, name: str) -> str:
+    return f"{stack.settings.key_prefix}broker:{name}"
+
+
+def queued(stack: Stack, queue: str) -> list[dict[str, Any]]:
+    """The messages waiting in a Redis queue, oldest first, decoded by kombu's channel."""
+    client = redis.Redis.from_url(stack.settings.redis_url or "")
+    try:
+        raw = client.lrange(broker_key(stack, queue), 0, -1)
+    finally:
+        client.close()
+    return [json.loads(item) for item in reversed(raw)]
+
+
+def decoded(stack: Stack, envelope: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """Body and headers as a worker's kombu channel reads them."""
+    with stack.celery.connection_for_read() as connection:
+        message = connection.default_channel.message_to_python(json.loads(json.dumps(envelope)))
+        return message.decode(), message.headers
+
+
+def comparable(stack: Stack, envelope: dict[str, Any], job_id: str) -> dict[str, Any]:
+    """The message with its body decoded, its job id as "JOB" and without its task id."""
+    body, _ = decoded(stack, envelope)
+    text = json.dumps({**envelope, "body": body}).replace(job_id, "JOB")
+    copy: dict[str, Any] = json.loads(text)
+    for outer, inner in TASK_IDS:
+        copy[outer].pop(inner)
+    return copy
+
+
+async def wait_all(stack: Stack, records: list[JobRecord], timeout_s: float = 60) -> None:
+    for record in records:
+        done = await stack.wait(record.id, timeout_s=timeout_s)
+        assert done.status == JobStatus.SUCCEEDED, (record.kind, done.errors)
+        assert done.attempt == 1
+
+
+async def test_pipelined_messages_are_routed_summarised_and_run(
+    stack: Stack, emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    forbid(monkeypatch, "send_each")
+    records = await enqueue(stack.store, stack.celery, jobs(await stack.proxy(), 200), "b1")
+
+    inference, management = queued(stack, INFERENCE_QUEUE), queued(stack, MANAGEMENT_QUEUE)
+    assert [m["headers"]["task"] for m in management] == [TASK_NAMES[JobKind.MGMT_LIST]]
+    assert len(inference) == 200
+    for record, message in zip(records, [*inference, *management], strict=True):
+        body, headers = decoded(stack, message)
+        assert body[0] == [record.id]
+        assert headers["argsrepr"] == job_summary(record)
+        assert message["properties"]["delivery_info"]["routing_key"] == (
+            MANAGEMENT_QUEUE if record.kind.is_management else INFERENCE_QUEUE)
+
+    start_worker(stack.settings, emulator.url)
+    await wait_all(stack, records)
+    batch = await stack.store.batch("b1")
+    assert batch is not None
+    assert batch.status == "finished"
+
+
+@contextlib.contextmanager
+def sent_events(stack: Stack) -> Iterator[Callable[[], list[dict[str, Any]]]]:
+    """Collect the task-sent events published on this stack's broker keys."""
+    client = redis.Redis.from_url(stack.settings.redis_url or "")
+    pubsub = client.pubsub()  # type: ignore[no-untyped-call]
+    pubsub.psubscribe(f"{stack.settings.key_prefix}broker:/*.celeryev/task.sent")
+    assert pubsub.get_message(timeout=2) is not None  # the subscription is confirmed
+
+    def collect() -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 5
+        while len(events) < 2 and time.monotonic() < deadline:
+            message = pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+            if message is not None:
+                events.append(json.loads(message["data"]))
+        return events
+
+    try:
+        yield collect
+    finally:
+        pubsub.close()
+        client.close()
+
+
+async def test_pipelined_and_send_task_messages_are_the_same(
+    stack: Stack, emulator: EmulatorServer, start_worker: Callable[..., WorkerProcess],
+) -> None:
+    proxy = await stack.proxy()
+    fast, slow = (JobRecord(kind=JobKind.CHAT, proxy=proxy, request=CHAT) for _ in range(2))
+    await stack.store.create_jobs([fast, slow])
+    with sent_events(stack) as collect, stack.celery.producer_or_acquire() as producer:
+        submit.send_each(stack.celery, producer, [slow])
+        routes = submit.direct_routes(stack.celery, producer, [fast])
+        assert routes is not None
+        submit.write_pipelined(stack.celery, producer, [fast], routes)
+        events = collect()
+
+    by_send_task, pipelined = queued(stack, INFERENCE_QUEUE)
+    assert decoded(stack, pipelined)[0][0] == [fast.id]
+    assert pipelined["headers"]["argsrepr"] == job_summary(fast)
+    assert comparable(stack, pipelined, fast.id) == comparable(stack, by_send_task, slow.id)
+
+    assert len(events) == 2
+    (slow_event, _), (fast_event, _) = (decoded(stack, event) for event in events)
+    assert fast_event["uuid"] == pipelined["headers"]["id"]
+    assert fast_event["args"] == job_summary(fast)
+    slow_event["args"] = slow_event["args"].replace(slow.id, fast.id)
+    assert {k: v for k, v in fast_event.items() if k not in EVENT_IDS} == {
+        k: v for k, v in slow_event.items() if k not in EVENT_IDS}
+
+    start_worker(stack.settings, emulator.url)
+    await wait_all(stack, [fast, slow])
+
+
+def rabbitmq_answers() -> bool:
+    with contextlib.suppress(Exception), Connection(RABBITMQ_URL, connect_timeout=2) as conn:
+        conn.ensure_connection(max_retries=1)
+        return True
+    return False
+
+
+async def test_rabbitmq_broker_uses_send_task(
+    redis_url: str, emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    if not os.environ.get("CI") and not rabbitmq_answers():
+        pytest.skip(f"no RabbitMQ at {RABBITMQ_URL} (it is required when CI is set)")
+    # The messages go through RabbitMQ; the records (and the worker's state) stay on Redis.
+    stack = Stack.create(redis_url, emulator.url, broker_url=RABBITMQ_URL)
+    try:
+        forbid(monkeypatch, "write_pipelined")
+        start_worker(stack.settings, emulator.url)
+        records = await enqueue(stack.store, stack.celery, jobs(await stack.proxy(), 20))
+        await wait_all(stack, records)
+    finally:
+        await stack.close()
