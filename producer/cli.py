@@ -20,6 +20,7 @@ from producer.cli_common import (
     fail,
 )
 from producer.flower import flower_command
+from producer.metrics_exporter import metrics_command
 from worker.settings import Settings
 
 app = typer.Typer(
@@ -31,6 +32,7 @@ app = typer.Typer(
 app.add_typer(cli_batch.app, name="batch")
 app.add_typer(cli_proxy.app, name="proxy")
 app.command("flower")(flower_command)
+app.command("metrics")(metrics_command)
 
 
 @app.command()

@@ -19,22 +19,16 @@ import ipaddress
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeVar
 
 import typer
 
+from producer.cli_common import EXIT_USAGE, fail
 from worker.settings import Settings
 
-DEFAULT_USER = "mpq"
-DEFAULT_ADDRESS = "127.0.0.1"
-DEFAULT_PORT = 5555
 GENERATED_PASSWORD_BYTES = 12
-EXIT_USAGE = 2
 # What a user needs to tell jobs apart; Flower's default hides the args and the exception.
 TASK_COLUMNS = "name,state,args,retries,exception,received,runtime,worker,uuid"
 LOCALHOST_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
-
-T = TypeVar("T")
 
 
 class UnsafeBindError(ValueError):
@@ -55,15 +49,6 @@ class FlowerAccess:
     def url(self) -> str:
         host = self.address or "0.0.0.0"  # noqa: S104 - only for display: '' binds everywhere
         return f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
-
-
-def _setting(settings: Settings, name: str, default: T) -> T:
-    """A Flower setting, or its default while `Settings` does not declare it."""
-    value = getattr(settings, name, None)
-    if value is None:
-        return default
-    secret = getattr(value, "get_secret_value", None)
-    return secret() if callable(secret) else value  # type: ignore[no-any-return]
 
 
 def is_loopback(address: str) -> bool:
@@ -89,13 +74,12 @@ def resolve_access(
     password: str | None, auth: bool,
 ) -> FlowerAccess:
     """Options win over settings, settings over defaults; a missing password is generated."""
-    bind = address if address is not None else _setting(settings, "flower_address",
-                                                        DEFAULT_ADDRESS)
-    bind_port = port if port is not None else _setting(settings, "flower_port", DEFAULT_PORT)
+    bind = settings.flower_address if address is None else address
+    bind_port = settings.flower_port if port is None else port
     if not auth:
         return FlowerAccess(bind, bind_port, None, None)
-    login = user or _setting(settings, "flower_user", DEFAULT_USER)
-    secret = password or _setting(settings, "flower_password", "")
+    login = user or settings.flower_user
+    secret = password or settings.flower_password
     if secret:
         return FlowerAccess(bind, bind_port, login, secret)
     generated = secrets.token_urlsafe(GENERATED_PASSWORD_BYTES)
@@ -112,6 +96,10 @@ def flower_argv(
         f"--port={access.port}",
         f"--tasks_columns={TASK_COLUMNS}",
         f"--read_only={read_only}",
+        # Our workers always send task events (worker/app.py). Flower's periodic
+        # enable_events broadcast retries forever while the broker is down, and then kept
+        # Flower from exiting on SIGTERM.
+        "--enable_events=False",
     ]
     if access.user is not None:
         argv.append(f"--basic_auth={access.user}:{access.password}")
@@ -134,7 +122,10 @@ def _login_lines(access: FlowerAccess) -> list[str]:
 
 
 def _register_mpq_metrics(settings: Settings) -> None:
-    """Flower's `/metrics` serves the default registry: add mpq's figures to it."""
+    """Flower's `/metrics` serves the default registry: add mpq's figures to it (they live
+    in the job store, so only when one is configured)."""
+    if not settings.redis_url:
+        return
     from prometheus_client import REGISTRY  # noqa: PLC0415 - only when Flower runs
 
     from producer.metrics_exporter import MpqCollector  # noqa: PLC0415
@@ -184,20 +175,19 @@ def flower_command(  # noqa: PLR0917 - typer: one parameter per option
     allow_control: bool = typer.Option(
         False, help="Let Flower revoke/send tasks and control workers (bypasses mpq cancel)."),
     extra_args: list[str] | None = typer.Argument(
-        None, help="More Flower options after --, e.g. -- --persistent=True"),
+        None, metavar="[-- FLOWER_OPTIONS]...",
+        help="More Flower options after --, e.g. -- --persistent=True"),
 ) -> None:
     """Run Flower (Celery's monitor) on the configured broker: tasks, workers, queues."""
     settings = Settings()
     if not (settings.broker_url or settings.redis_url):
-        typer.echo("error: no broker: set MPQ_REDIS_URL (or MPQ_BROKER_URL)", err=True)
-        raise typer.Exit(EXIT_USAGE)
+        fail("no broker: set MPQ_REDIS_URL (or MPQ_BROKER_URL)", EXIT_USAGE)
     try:
         code = run_flower(settings, address=address, port=port, user=user, password=password,
                           auth=auth, force_open=force_open, read_only=not allow_control,
                           extra_args=extra_args or ())
     except UnsafeBindError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(EXIT_USAGE) from exc
+        fail(str(exc), EXIT_USAGE)
     raise typer.Exit(code)
 
 

@@ -19,7 +19,7 @@ import signal
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlparse
 
 import redis
@@ -28,26 +28,17 @@ from prometheus_client import CollectorRegistry, start_wsgi_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from redis.exceptions import RedisError
 
+from producer.cli_common import EXIT_USAGE, fail
 from worker.contract import RedisHash, decode_hash
 from worker.keys import Keys
 from worker.metrics import METRICS, decode_field, metrics_key
 from worker.settings import Settings
 
-DEFAULT_ADDRESS = "127.0.0.1"
-DEFAULT_PORT = 9640
 REDIS_CONNECT_TIMEOUT_S = 1.0
 REDIS_TIMEOUT_S = 2.0
-EXIT_USAGE = 2
 REDIS_BROKER_SCHEMES = frozenset({"redis", "rediss"})
 
-T = TypeVar("T")
 LabelValues = tuple[str, ...]
-
-
-def _setting(settings: Settings, name: str, default: T) -> T:
-    """A metrics setting, or its default while `Settings` does not declare it."""
-    value = getattr(settings, name, None)
-    return default if value is None else value
 
 
 def _client(url: str) -> redis.Redis:
@@ -175,9 +166,8 @@ def serve_metrics(settings: Settings, *, address: str | None = None,
     """Start the exporter in a background thread (own registry: mpq's figures only)."""
     registry = CollectorRegistry()
     registry.register(MpqCollector(settings))
-    bind = address if address is not None else _setting(settings, "metrics_address",
-                                                        DEFAULT_ADDRESS)
-    bind_port = port if port is not None else _setting(settings, "metrics_port", DEFAULT_PORT)
+    bind = settings.metrics_address if address is None else address
+    bind_port = settings.metrics_port if port is None else port
     server, thread = start_wsgi_server(bind_port, addr=bind, registry=registry)
     return MetricsServer(server, thread, bind)
 
@@ -191,8 +181,7 @@ def metrics_command(
     """Serve mpq's Prometheus metrics (jobs, tokens, rate-limit waits, 429s, chunks)."""
     settings = Settings()
     if not settings.redis_url:
-        typer.echo("error: no Redis: set MPQ_REDIS_URL (or REDIS_URL)", err=True)
-        raise typer.Exit(EXIT_USAGE)
+        fail("no Redis: set MPQ_REDIS_URL (or REDIS_URL)", EXIT_USAGE)
     server = serve_metrics(settings, address=address, port=port)
     typer.echo(f"mpq metrics at {server.url}")
     stop = threading.Event()

@@ -50,15 +50,18 @@ SENT_ROUTING_KEY = "task.sent"  # the dispatcher routes an event by its type, "-
 
 
 def job_summary(record: JobRecord) -> str:
-    """Job id, kind, proxy, model, batch and custom_id: never the prompt or a secret."""
-    parts = [f"job={record.id}", f"proxy={record.proxy}"]
+    """custom_id, proxy, model, batch and job id — never the prompt or a secret. The short,
+    telling parts come first: Flower's args column shows only the start."""
+    parts = []
+    if record.custom_id:
+        parts.append(f"custom_id={record.custom_id[:SUMMARY_TEXT_MAX]}")
+    parts.append(f"proxy={record.proxy}")
     model = record.request.get("model")
     if isinstance(model, str) and model:
         parts.append(f"model={model[:SUMMARY_TEXT_MAX]}")
     if record.batch_id:
         parts.append(f"batch={record.batch_id}")
-    if record.custom_id:
-        parts.append(f"custom_id={record.custom_id[:SUMMARY_TEXT_MAX]}")
+    parts.append(f"job={record.id}")
     return " ".join(parts)
 
 

@@ -7,6 +7,7 @@ Streamed chunks go to the job's Redis stream as they arrive.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -62,15 +63,19 @@ async def run_inference(rt: Runtime, job: JobRecord, attempt: int) -> InferenceR
         # Nothing to count, but a shared cool-down after a 429 still applies.
         remaining_s = await rt.limiter.cooldown_remaining_s(key)
         if remaining_s > 0:
+            rt.metrics.permit_requeued(proxy.name)
             raise NoPermit(remaining_s, "cooldown")
         return await _call(rt, job, attempt, proxy.name, body)
     cost = estimate_tokens(body)
+    asked = time.monotonic()
     permit = await rt.limiter.wait_for_permit(
         key, limits, cost, f"{job.id}:{attempt}",
         rt.settings.request_timeout_s + rt.settings.lease_s, rt.settings.permit_max_wait_s,
     )
     if not isinstance(permit, Permit):
+        rt.metrics.permit_requeued(proxy.name, time.monotonic() - asked)
         raise NoPermit(permit.wait_s, permit.reason)
+    rt.metrics.permit(proxy.name, time.monotonic() - asked)
     outcome: InferenceResult | None = None
     try:
         outcome = await _call(rt, job, attempt, proxy.name, body)
@@ -114,8 +119,10 @@ async def _call(
             result = await _stream_responses(data.responses_stream(body), writer)
     except BaseException as exc:
         await writer.error(str(exc) or type(exc).__name__)
+        rt.metrics.stream_chunks(proxy, writer.written)
         raise
     await writer.done({"finish_reason": _finish_reason(result), "usage": result.usage})
+    rt.metrics.stream_chunks(proxy, writer.written)
     return result
 
 

@@ -46,7 +46,9 @@ async def run_job(rt: Runtime, job_id: str) -> Outcome:
     assert job is not None  # a claim returns the record it claimed
     started = time.monotonic()
     logger.info("job %s %s attempt %d started", job_id, job.kind, claim.attempt)
+    rt.metrics.job_started(job.kind)
     outcome = await _attempt(rt, job, claim)
+    rt.metrics.job_outcome(job.kind, outcome.status)
     logger.info("job %s %s attempt %d %s elapsed_s=%.3f delay_s=%.3f", job_id, job.kind,
                 claim.attempt, outcome.status, time.monotonic() - started, outcome.delay_s)
     return outcome
@@ -68,6 +70,7 @@ async def _attempt(rt: Runtime, job: JobRecord, claim: Claim) -> Outcome:
         return await _failed(rt, job, claim, exc)
     await rt.store.finish(job.id, claim.attempt, JobStatus.SUCCEEDED, result=result,
                           usage=usage)
+    rt.metrics.tokens(job.proxy, usage)
     return Outcome("done", JobStatus.SUCCEEDED.value)
 
 
@@ -82,6 +85,7 @@ async def _execute(
 
 async def _failed(rt: Runtime, job: JobRecord, claim: Claim, exc: BaseException) -> Outcome:
     message = describe(exc, claim.attempt)
+    rt.metrics.attempt_failed(job.proxy, exc)
     if isinstance(exc, RateLimitedError):
         # Everyone backs off from this proxy, not only this worker.
         cooldown_s = exc.retry_after_s or rt.settings.default_cooldown_s

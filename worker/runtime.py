@@ -17,6 +17,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from modelproxy import Config
 from worker.keys import Keys
 from worker.lease import LeaseKeeper
+from worker.metrics import MetricsRecorder, metrics_key
 from worker.proxy_cache import ProxyCache
 from worker.ratelimit import RateLimiter
 from worker.settings import Settings
@@ -41,6 +42,7 @@ class Runtime:
     config: Config
     worker_name: str
     leases: LeaseKeeper
+    metrics: MetricsRecorder
 
 
 def redis_client(
@@ -79,11 +81,17 @@ def build_runtime(settings: Settings) -> Runtime:
         config=config,
         worker_name=f"{socket.gethostname()}:{os.getpid()}",
         leases=LeaseKeeper(store, lease_s=settings.lease_s, check_s=settings.cancel_check_s),
+        metrics=MetricsRecorder(client, metrics_key(keys)),
     )
 
 
 _lock = threading.Lock()
 _runtime: Runtime | None = None
+
+
+def current_runtime() -> Runtime | None:
+    """This process's runtime if a job has built it (for shutdown hooks)."""
+    return _runtime
 
 
 def get_runtime() -> Runtime:

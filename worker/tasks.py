@@ -11,14 +11,15 @@ import dataclasses
 from typing import Any
 
 from celery import Task
+from celery.signals import worker_shutdown
 from redis.exceptions import RedisError
 
 from modelproxy.portal import run_sync
 from worker.app import app
-from worker.contract import JobKind
+from worker.contract import JobKind, JobStatus
 from worker.refresh import refresh_with_lock
 from worker.runner import run_job
-from worker.runtime import get_runtime
+from worker.runtime import current_runtime, get_runtime
 
 TASK_NAMES: dict[JobKind, str] = {
     JobKind.CHAT: "mpq.inference.chat",
@@ -35,6 +36,10 @@ REFRESH_TASK = "mpq.maintenance.refresh_proxies"
 REDIS_RETRY_MAX_S = 10.0
 
 
+class JobFailed(Exception):
+    """The job ended failed: Flower shows the task as FAILURE with the upstream's message."""
+
+
 class JobRetry(Exception):
     """This job runs again later (the message says why)."""
 
@@ -48,10 +53,15 @@ def execute(task: Task, job_id: str) -> dict[str, Any]:
         # the broker and the next delivery decides from the record (claims are fenced).
         countdown_s = min(2.0 ** min(task.request.retries, 5), REDIS_RETRY_MAX_S)
         raise task.retry(countdown=countdown_s, max_retries=None,
-                         exc=JobRetry(f"job store unavailable: {exc}")) from exc
+                         exc=JobRetry(f"job store unavailable: {exc}"),
+                         argsrepr=task.request.argsrepr) from exc
     if outcome.action == "later":
         countdown_s = min(outcome.delay_s, runtime.settings.requeue_max_delay_s)
-        raise task.retry(countdown=countdown_s, max_retries=None, exc=JobRetry(outcome.message))
+        # argsrepr again: a retry is a new message, and Flower should keep the summary.
+        raise task.retry(countdown=countdown_s, max_retries=None, exc=JobRetry(outcome.message),
+                         argsrepr=task.request.argsrepr)
+    if outcome.status == JobStatus.FAILED:
+        raise JobFailed(outcome.message)
     return {"job_id": job_id, "status": outcome.status, "error": outcome.message or None}
 
 
@@ -61,11 +71,20 @@ def _register(kind: JobKind, name: str) -> None:
 
     job_task.__name__ = job_task.__qualname__ = name.rsplit(".", 1)[-1]
     job_task.__doc__ = f"Run one {kind.value} job."
-    app.task(name=name, bind=True)(job_task)
+    # throws: an expected failure, logged in one line without a traceback.
+    app.task(name=name, bind=True, throws=(JobFailed,))(job_task)
 
 
 for _kind, _name in TASK_NAMES.items():
     _register(_kind, _name)
+
+
+@worker_shutdown.connect
+def _flush_metrics(**_: Any) -> None:
+    """Write the last second of counts on a graceful stop."""
+    runtime = current_runtime()
+    if runtime is not None:
+        run_sync(runtime.metrics.aclose())
 
 
 @app.task(name=REFRESH_TASK)

