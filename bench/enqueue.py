@@ -12,6 +12,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import redis
 from redis.typing import EncodableT, FieldT
@@ -102,7 +103,8 @@ def raw_write(redis_url: str, records: Sequence[JobRecord], message_size: int) -
         client.close()
 
 
-async def main(repeat: int) -> None:
+async def results(repeat: int = DEFAULT_REPEAT) -> dict[str, Any]:
+    """Seconds per batch of each path, best of `repeat`, for `python -m bench`."""
     with redis_server(None) as redis_url:
         enqueue_s, message_size = await time_enqueue(redis_url, repeat, old_loop=False)
         old_s, _ = await time_enqueue(redis_url, repeat, old_loop=True)
@@ -112,14 +114,25 @@ async def main(repeat: int) -> None:
             raw_write(redis_url, records, message_size)
 
         limit_s = await best_of(repeat, limit_run)
-    rows = [("enqueue (pipelined messages)", enqueue_s),
-            ("enqueue with the send_task loop", old_s),
-            ("limit: raw pipelined HSET + LPUSH", limit_s)]
-    print(f"{LINES} lines, message {message_size} B, best of {repeat}")
+    return {"lines": LINES, "repeat": repeat, "message_size": message_size,
+            "enqueue_s": enqueue_s, "send_task_loop_s": old_s, "limit_s": limit_s,
+            "ratio": limit_s / enqueue_s}
+
+
+def report(found: dict[str, Any]) -> None:
+    rows = [("enqueue (pipelined messages)", found["enqueue_s"]),
+            ("enqueue with the send_task loop", found["send_task_loop_s"]),
+            ("limit: raw pipelined HSET + LPUSH", found["limit_s"])]
+    print(f"{LINES} lines, message {found['message_size']} B, best of {found['repeat']}")
     print(f"{'path':<36} {'seconds':>8} {'lines/s':>9} {'vs limit':>9}")
     for name, seconds in rows:
-        print(f"{name:<36} {seconds:>8.2f} {LINES / seconds:>9.0f} {limit_s / seconds:>9.2f}")
-    print(f"pipelined / send_task loop: {old_s / enqueue_s:.1f}x")
+        print(f"{name:<36} {seconds:>8.2f} {LINES / seconds:>9.0f} "
+              f"{found['limit_s'] / seconds:>9.2f}")
+    print(f"pipelined / send_task loop: {found['send_task_loop_s'] / found['enqueue_s']:.1f}x")
+
+
+async def main(repeat: int) -> None:
+    report(await results(repeat))
 
 
 if __name__ == "__main__":

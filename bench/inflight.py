@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import time
 import uuid
+from typing import Any
 
 from bench.harness import (
     emulator_process,
@@ -30,7 +31,7 @@ from worker.store import JobStore
 DEFAULT_LATENCY_S = 3.0
 
 
-async def measure(redis_url: str, emulator_url: str, slots: int, jobs: int) -> dict[str, float]:
+async def measure(redis_url: str, emulator_url: str, slots: int, jobs: int) -> dict[str, Any]:
     settings = Settings(redis_url=redis_url, key_prefix=f"bench-{uuid.uuid4().hex[:6]}:")
     config = Config(control_endpoint=emulator_url, data_endpoint=emulator_url)
     name = f"bench-{uuid.uuid4().hex[:6]}"
@@ -67,24 +68,37 @@ async def measure(redis_url: str, emulator_url: str, slots: int, jobs: int) -> d
             "service_p99_s": service[int(len(service) * 0.99)]}
 
 
-async def main(latency_s: float) -> None:
+async def results(latency_s: float = DEFAULT_LATENCY_S) -> dict[str, Any]:
+    """Both runs (50 and 500 slots) with their limits, for `python -m bench`."""
     with redis_server(None) as redis_url, emulator_process(
         "--ttft-s", str(latency_s), "--lifecycle-delay-s", "0"
     ) as emulator_url:
         small = await measure(redis_url, emulator_url, 50, 300)
         large = await measure(redis_url, emulator_url, 500, 3000)
-    print(f"latency per request: {latency_s} s")
+    for row in (small, large):
+        row["limit"] = row["slots"] / latency_s
+        row["ratio"] = row["rate"] / row["limit"]
+    return {"latency_s": latency_s, "small": small, "large": large,
+            "scaling": large["rate"] / small["rate"]}
+
+
+def report(found: dict[str, Any]) -> None:
+    small, large = found["small"], found["large"]
+    print(f"latency per request: {found['latency_s']} s")
     print(f"{'slots':>6} {'jobs':>6} {'ok':>6} {'elapsed s':>10} {'jobs/s':>8} "
           f"{'limit/s':>8} {'ratio':>6} {'peak in flight':>15} {'job p50 s':>10} "
           f"{'job p99 s':>10}")
     for row in (small, large):
-        limit = row["slots"] / latency_s
         print(f"{row['slots']:>6} {row['jobs']:>6} {row['succeeded']:>6} "
-              f"{row['elapsed_s']:>10.1f} {row['rate']:>8.1f} {limit:>8.0f} "
-              f"{row['rate'] / limit:>6.2f} {row['peak_in_flight']:>15} "
+              f"{row['elapsed_s']:>10.1f} {row['rate']:>8.1f} {row['limit']:>8.0f} "
+              f"{row['ratio']:>6.2f} {row['peak_in_flight']:>15} "
               f"{row['service_p50_s']:>10.2f} {row['service_p99_s']:>10.2f}")
-    print(f"rate at 500 slots / rate at 50 slots: {large['rate'] / small['rate']:.2f}")
+    print(f"rate at 500 slots / rate at 50 slots: {found['scaling']:.2f}")
     print(f"enqueue: {small['enqueue_s']:.1f} s and {large['enqueue_s']:.1f} s")
+
+
+async def main(latency_s: float) -> None:
+    report(await results(latency_s))
 
 
 if __name__ == "__main__":

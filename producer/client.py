@@ -27,7 +27,8 @@ from worker.runtime import REDIS_RETRIES, redis_client
 from worker.settings import Settings
 from worker.store import JobStore
 
-ENQUEUE_CHUNK = 5000  # lines per round of writes: workers start while the rest goes in
+ENQUEUE_CHUNK = 5000
+STREAM_READERS_MAX = 1024  # lines per round of writes: workers start while the rest goes in
 JSON_SEPARATORS = (",", ":")
 
 
@@ -55,7 +56,10 @@ class AsyncClient:
         if not self.settings.redis_url:
             raise NoRedisError()
         self.keys = Keys(self.settings.key_prefix)
-        self._redis = redis_client(self.settings.redis_url, retries=connect_retries)
+        # Each followed stream holds a connection during its blocking XREAD: size the pool
+        # for hundreds of concurrent consumers, not the worker's default.
+        self._redis = redis_client(self.settings.redis_url, STREAM_READERS_MAX,
+                                   retries=connect_retries)
         self.store = JobStore(self._redis, self.keys, self.settings.result_ttl_s)
         self.celery = celery or create_app(self.settings)
 

@@ -1,0 +1,164 @@
+"""Run every benchmark (`python -m bench`, or some of them with `--only`) and print one
+table: benchmark, figure, limit, ratio, target, result. Each benchmark measures its own
+limit in the same run on the same machine; rows without a target are for information."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+import traceback
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from bench import enqueue, inflight, ratelimit, streaming, throughput
+
+INFO = "info"
+
+
+@dataclass(frozen=True)
+class Row:
+    benchmark: str
+    figure: str
+    limit: str
+    ratio: str
+    target: str
+    result: str  # "pass", "FAIL", "info" or "error"
+
+
+def verdict(ok: bool) -> str:
+    return "pass" if ok else "FAIL"
+
+
+def throughput_rows(r: dict[str, Any]) -> list[Row]:
+    run, big = r["run"], r["big"]
+    name = f"throughput: {run['jobs']} jobs, {run['slots']} slots, {run['latency_s']:g} s"
+    limit = (f"{r['limit']:.0f}/s = min(slots/latency {r['slot_limit']:.0f}, emulator "
+             f"{r['emulator_capacity']:.0f}, Celery no-op {r['celery_noop_rate']:.0f})")
+    big_name = f"throughput: {big['slots']} slots, {big['latency_s']:g} s"
+    return [
+        Row(name, f"{run['rate']:.0f} jobs/s", limit, f"{r['ratio']:.2f}",
+            f">= {throughput.TARGET}", verdict(r["ratio"] >= throughput.TARGET)),
+        Row("throughput: worker CPU per job", f"{run['cpu_ms_per_job']:.2f} ms",
+            f"{1000 / run['cpu_ms_per_job']:.0f} jobs/s per core", "", "", INFO),
+        Row(f"{big_name}: peak in flight", str(big["peak_in_flight"]), str(big["slots"]),
+            f"{big['peak_in_flight'] / big['slots']:.2f}", "= 1.00",
+            verdict(big["peak_in_flight"] >= big["slots"])),
+        Row(f"{big_name}: worker peak RSS", f"{big['peak_rss_mb']:.0f} MB",
+            f"{big['rate']:.0f} of {big['slots'] / big['latency_s']:.0f} jobs/s",
+            f"{big['rate'] * big['latency_s'] / big['slots']:.2f}", "", INFO),
+    ]
+
+
+def ratelimit_rows(runs: list[dict[str, Any]]) -> list[Row]:
+    rows = []
+    for run in runs:
+        unit = "req/s" if run["limit"] == "rpm" else "tokens/s"
+        name = (f"ratelimit: rpm {ratelimit.RPM}" if run["limit"] == "rpm"
+                else f"ratelimit: tpm {ratelimit.TPM}")
+        name += f", {ratelimit.WORKERS} workers, {run['jobs']} jobs"
+        rows.append(Row(name, f"{run['achieved_per_s']:.1f} {unit}",
+                        f"{run['allowed_per_s']:.0f} {unit}", f"{run['ratio']:.3f}",
+                        f">= {ratelimit.TARGET}", verdict(run["ratio"] >= ratelimit.TARGET)))
+        rows.append(Row(f"{name}: 429s in steady state", str(run["rejected_steady"]),
+                        f"({run['rejected_total']} in all)", "", "= 0",
+                        verdict(run["rejected_steady"] == 0)))
+    return rows
+
+
+def streaming_rows(r: dict[str, Any]) -> list[Row]:
+    name = f"streaming: {r['streams']} streams"
+    overhead = r["p99_overhead_ms"]
+    target = streaming.TARGET_P99_OVERHEAD_MS
+    return [
+        Row(f"{name}: chunk latency p99", f"{r['mpq']['p99_ms']:.1f} ms",
+            f"direct SSE {r['direct']['p99_ms']:.1f} ms", f"{overhead:+.1f} ms",
+            f"< +{target:.0f} ms", verdict(overhead < target)),
+        Row(f"{name}: chunk latency p50", f"{r['mpq']['p50_ms']:.1f} ms",
+            f"direct SSE {r['direct']['p50_ms']:.1f} ms", f"{r['p50_overhead_ms']:+.1f} ms",
+            "", INFO),
+        Row(f"{name}: chunks/s, unpaced", f"{r['mpq_chunks_per_s']:.0f}/s",
+            f"direct SSE {r['direct_chunks_per_s']:.0f}/s",
+            f"{r['mpq_chunks_per_s'] / r['direct_chunks_per_s']:.2f}", "", INFO),
+        Row(f"{name}: chunks/s, paced", f"{r['paced_chunks_per_s']:.0f}/s", "", "", "", INFO),
+    ]
+
+
+def inflight_rows(r: dict[str, Any]) -> list[Row]:
+    rows = []
+    for row in (r["small"], r["large"]):
+        name = f"inflight: {row['slots']} slots, {r['latency_s']:g} s"
+        rows.append(Row(name, f"{row['rate']:.1f} jobs/s", f"{row['limit']:.0f}/s (slots/latency)",
+                        f"{row['ratio']:.2f}", "", INFO))
+        rows.append(Row(f"{name}: peak in flight", str(row["peak_in_flight"]),
+                        str(row["slots"]), f"{row['peak_in_flight'] / row['slots']:.2f}",
+                        "= 1.00", verdict(row["peak_in_flight"] >= row["slots"])))
+    return rows
+
+
+def enqueue_rows(r: dict[str, Any]) -> list[Row]:
+    limit = f"{r['lines'] / r['limit_s']:.0f} lines/s (raw pipelined writes)"
+    return [
+        Row(f"enqueue: {r['lines']} lines", f"{r['lines'] / r['enqueue_s']:.0f} lines/s",
+            limit, f"{r['ratio']:.2f}", "", INFO),
+        Row("enqueue: the send_task loop", f"{r['lines'] / r['send_task_loop_s']:.0f} lines/s",
+            limit, f"{r['limit_s'] / r['send_task_loop_s']:.2f}", "", INFO),
+    ]
+
+
+Bench = tuple[Callable[[argparse.Namespace], Coroutine[Any, Any, Any]],
+              Callable[[Any], None], Callable[[Any], list[Row]]]
+BENCHES: dict[str, Bench] = {
+    "throughput": (lambda a: throughput.measure(a.throughput_jobs), throughput.report,
+                   throughput_rows),
+    "ratelimit": (lambda a: ratelimit.measure(a.ratelimit_jobs), ratelimit.report,
+                  ratelimit_rows),
+    "streaming": (lambda a: streaming.measure(rounds=a.streaming_rounds), streaming.report,
+                  streaming_rows),
+    "inflight": (lambda a: inflight.results(), inflight.report, inflight_rows),
+    "enqueue": (lambda a: enqueue.results(a.enqueue_repeat), enqueue.report, enqueue_rows),
+}
+
+
+def print_table(rows: list[Row]) -> None:
+    headers = Row("benchmark", "figure", "limit", "ratio", "target", "result")
+    widths = [max(len(getattr(r, f)) for r in [headers, *rows]) for f in Row.__annotations__]
+    for row in [headers, *rows]:
+        cells = [getattr(row, f) for f in Row.__annotations__]
+        print("  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--only", action="append", choices=sorted(BENCHES),
+                        help="run only this benchmark (repeatable)")
+    parser.add_argument("--throughput-jobs", type=int, default=throughput.DEFAULT_JOBS)
+    parser.add_argument("--ratelimit-jobs", type=int, default=2_000,
+                        help="jobs per limit (the benchmark alone defaults to 3,000)")
+    parser.add_argument("--streaming-rounds", type=int, default=streaming.DEFAULT_ROUNDS)
+    parser.add_argument("--enqueue-repeat", type=int, default=1,
+                        help="best of this many runs (the benchmark alone: 3)")
+    args = parser.parse_args()
+    rows: list[Row] = []
+    started = time.monotonic()
+    for name in args.only or list(BENCHES):
+        run, report, to_rows = BENCHES[name]
+        print(f"== {name}", flush=True)
+        begun = time.monotonic()
+        try:
+            found = asyncio.run(run(args))
+        except Exception as exc:  # one broken benchmark must not hide the others' figures
+            traceback.print_exc()
+            rows.append(Row(name, f"error: {type(exc).__name__}", "", "", "", "error"))
+            continue
+        report(found)
+        rows += to_rows(found)
+        print(f"({time.monotonic() - begun:.0f} s)", flush=True)
+    print(f"\nall benchmarks: {time.monotonic() - started:.0f} s")
+    print_table(rows)
+    return 1 if any(r.result in ("FAIL", "error") for r in rows) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
