@@ -159,7 +159,8 @@ class ModelProxyCreateInput(ModelProxyUpdateInput):
     defaults (2 vCPU, 4096 MB) are kept. `proxy_mode` is derived when unset."""
 
     model_proxy_name: str = Field(min_length=1, max_length=128)
-    cpu: int | float = Field(default=2, gt=0)
+    # pydantic leaves `gt` on a union as a non-JSON-Schema key: say it in the schema's words.
+    cpu: int | float = Field(default=2, gt=0, json_schema_extra={"exclusiveMinimum": 0})
     memory: int = Field(default=4096, gt=0)
     proxy_mode: ProxyMode | None = None
     model_type: ModelType | None = None

@@ -185,6 +185,15 @@ def _custom_id(obj: dict[str, Any]) -> str:
         raise _Invalid(
             f'"custom_id" is {len(value)} characters long, the limit is {CUSTOM_ID_MAX_CHARS}'
         )
+    return _unicode(value, '"custom_id"')
+
+
+def _unicode(value: str, what: str) -> str:
+    """JSON escapes can spell lone surrogates ("\\ud800"), which no Redis value can hold."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise _Invalid(f"{what} has an unpaired surrogate at character {exc.start}") from None
     return value
 
 
@@ -211,7 +220,7 @@ def _proxy(obj: dict[str, Any], default_proxy: str | None) -> str:
         value = obj["proxy"]
         if not (isinstance(value, str) and value):
             raise _Invalid(f'"proxy" must be a non-empty string, not {_show(value)}')
-        return value
+        return _unicode(value, '"proxy"')
     if not default_proxy:
         raise _Invalid('no proxy: pass --proxy or set "proxy" on the line')
     return default_proxy

@@ -29,10 +29,22 @@ COLUMNS = ("modelProxyName", "status", "proxyMode", "description", "lastUpdatedA
 
 def _load_spec(path: Path) -> dict[str, Any]:
     text = path.read_text(encoding="utf-8")
-    data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
+    try:
+        data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML: {_yaml_problem(exc)}") from exc
+    except RecursionError as exc:
+        raise ValueError(f"{path}: nested too deeply") from exc
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected an object of proxy fields")
     return data
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line: what is wrong and where (PyYAML's own text spans several lines)."""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    mark = getattr(exc, "problem_mark", None)
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark else problem
 
 
 def _show(proxies: list[dict[str, Any]], as_json: bool) -> None:

@@ -138,11 +138,13 @@ class AsyncClient:
         parsed = parse_batch(lines, proxy)
         if strict and parsed.errors:
             raise BatchInvalidError(parsed.errors)
+        # Records first: one that does not validate (e.g. a bad default proxy) raises before
+        # anything is written, instead of leaving an empty batch behind.
+        records = [JobRecord(kind=line.kind, proxy=line.proxy, request=line.body,
+                             custom_id=line.custom_id) for line in parsed.lines]
         batch_id = new_id()
         invalid = [_json(error_line_for_invalid(error)) for error in parsed.errors]
         await self.store.open_batch(batch_id, name, invalid)
-        records = [JobRecord(kind=line.kind, proxy=line.proxy, request=line.body,
-                             custom_id=line.custom_id) for line in parsed.lines]
         for start in range(0, len(records), ENQUEUE_CHUNK):
             await enqueue(self.store, self.celery, records[start:start + ENQUEUE_CHUNK],
                           batch_id)

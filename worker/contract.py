@@ -7,14 +7,15 @@ text (so Lua scripts and ``HGET`` read them directly), nested fields as JSON,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
 from collections.abc import Mapping
 from enum import StrEnum
-from typing import Any, ClassVar, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 # A hash reply: str or bytes keys and values, with or without decode_responses.
 RedisHash = Mapping[Any, Any]
@@ -71,6 +72,20 @@ def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _storable(value: str) -> str:
+    """Redis clients write text as UTF-8, which has no lone surrogates (JSON's "\\ud800"
+    and surrogate-escaped argv bytes make them): refuse them here, not at the write."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"unpaired surrogate at character {exc.start}") from None
+    return value
+
+
+# Plain-text fields of a record (the JSON fields are stored escaped, so any str is fine there).
+Text = Annotated[str, AfterValidator(_storable)]
+
+
 def decode_hash(raw: RedisHash) -> dict[str, str]:
     """Accept replies from clients with or without ``decode_responses``."""
     return {_text(k): _text(v) for k, v in raw.items()}
@@ -83,22 +98,22 @@ class JobRecord(BaseModel):
 
     JSON_FIELDS: ClassVar[frozenset[str]] = frozenset({"request", "result", "errors", "usage"})
 
-    id: str = Field(default_factory=new_id, min_length=1)
+    id: Text = Field(default_factory=new_id, min_length=1)
     kind: JobKind
-    proxy: str
+    proxy: Text
     request: dict[str, Any]
     status: JobStatus = JobStatus.QUEUED
     attempt: int = Field(default=0, ge=0)
     result: dict[str, Any] | None = None
-    error: str | None = None
-    errors: list[str] = Field(default_factory=list)  # one per failed attempt, in order
+    error: Text | None = None
+    errors: list[Text] = Field(default_factory=list)  # one per failed attempt, in order
     usage: dict[str, Any] | None = None
-    batch_id: str | None = None
-    custom_id: str | None = None
+    batch_id: Text | None = None
+    custom_id: Text | None = None
     created_at: float = Field(default_factory=time.time)
     started_at: float | None = None  # start of the latest attempt
     finished_at: float | None = None
-    worker: str | None = None
+    worker: Text | None = None
 
     def to_redis(self) -> dict[str, str]:
         """Flat hash fields; ``None`` fields are left out (HSET cannot store None)."""
@@ -116,7 +131,9 @@ class JobRecord(BaseModel):
     def from_redis(cls, raw: RedisHash) -> Self:
         fields: dict[str, Any] = decode_hash(raw)
         for name in cls.JSON_FIELDS & fields.keys():
-            fields[name] = json.loads(fields[name])
+            # Bad JSON is left as text, which validation refuses like any other bad value.
+            with contextlib.suppress(ValueError, RecursionError):
+                fields[name] = json.loads(fields[name])
         return cls.model_validate(fields)
 
 
@@ -140,7 +157,8 @@ class BatchRecord(BaseModel):
     @classmethod
     def from_redis(cls, batch_id: str, raw: RedisHash) -> Self:
         fields = decode_hash(raw)
-        counts = {status: int(fields.get(status.value, 0)) for status in JobStatus}
+        # Validated as text, so a bad counter is a ValidationError like any other field.
+        counts = {status: fields.get(status.value, 0) for status in JobStatus}
         return cls.model_validate(
             {
                 "id": batch_id,

@@ -69,7 +69,9 @@ def build_runtime(settings: Settings) -> Runtime:
     keys = Keys(prefix=settings.key_prefix)
     # A slot uses at most one connection at a time; more than ~200 buys nothing on one loop.
     client = redis_client(settings.redis_url, min(settings.worker_slots, 200))
-    config = Config(timeout=settings.request_timeout_s)
+    api_key = settings.modelproxy_api_key
+    config = Config(timeout=settings.request_timeout_s,
+                    api_key=api_key.get_secret_value() if api_key else None)
     store = JobStore(client, keys, settings.result_ttl_s)
     return Runtime(
         settings=settings,

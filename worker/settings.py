@@ -6,7 +6,7 @@ environment names through `modelproxy.Config`.
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker.ratelimit import Limits
@@ -63,6 +63,11 @@ class Settings(BaseSettings):
     tokens_per_minute: int | None = Field(default=None, gt=0, description="Per proxy.")
     max_concurrency: int | None = Field(default=None, gt=0, description="Per proxy.")
 
+    modelproxy_api_key: SecretStr | None = Field(
+        default=None,
+        description="Inbound API key of the proxies (Authorization: Bearer), for workers "
+        "without an AgentRun key pair.",
+    )
     proxy_cache_s: float = Field(default=60.0, gt=0, description="Max age of a cached proxy.")
     refresh_interval_s: float = Field(default=60.0, gt=0, description="Beat: proxy refresh.")
     chunk_flush_ms: int = Field(

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from modelproxy.emulator.api_errors import (
     ERROR_RESPONSES,
@@ -36,12 +36,12 @@ class SettingsPatch(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    create_delay_s: float | None = None
-    update_delay_s: float | None = None
-    delete_delay_s: float | None = None
-    ttft_s: float | None = None
-    tpot_s: float | None = None
-    default_completion_tokens: int | None = None
+    create_delay_s: float | None = Field(default=None, ge=0)
+    update_delay_s: float | None = Field(default=None, ge=0)
+    delete_delay_s: float | None = Field(default=None, ge=0)
+    ttft_s: float | None = Field(default=None, ge=0)
+    tpot_s: float | None = Field(default=None, ge=0)
+    default_completion_tokens: int | None = Field(default=None, ge=1, le=4096)
     faults: Faults | None = None
     seed: int | None = None
 
@@ -52,7 +52,7 @@ class Health(BaseModel):
 
 
 def merged_settings(current: EmulatorSettings, patch: SettingsPatch) -> EmulatorSettings:
-    changes: dict[str, Any] = patch.model_dump(exclude_unset=True)
+    changes: dict[str, Any] = patch.model_dump(exclude_unset=True, exclude_none=True)
     try:
         return EmulatorSettings.model_validate({**current.model_dump(), **changes})
     except ValidationError as exc:

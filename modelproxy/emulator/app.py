@@ -26,6 +26,9 @@ DESCRIPTION = (
     f"{API_VERSION} and the OpenAI-compatible data plane), plus `/_emulator` administration."
 )
 _ERROR_REF = {"$ref": "#/components/schemas/ErrorBody"}
+# Larger bodies are refused with 413 before they are read whole (the data plane's own
+# limit, in data_routes, is larger: prompts are long).
+MAX_BODY_BYTES = 1024 * 1024
 
 
 class EmulatorApp(FastAPI):
@@ -61,7 +64,9 @@ def create_app(
 ) -> FastAPI:
     """A fresh emulator. `credentials` (access key id -> secret) turn on signature mode;
     `api_keys` are accepted as `Authorization: Bearer <key>` on the data plane."""
-    app = EmulatorApp(title=TITLE, version=API_VERSION, description=DESCRIPTION)
+    app = EmulatorApp(
+        title=TITLE, version=API_VERSION, description=DESCRIPTION, max_body_size=MAX_BODY_BYTES
+    )
     stats = Stats()
     app.state.store = ProxyStore(settings=settings or EmulatorSettings())
     app.state.stats = stats

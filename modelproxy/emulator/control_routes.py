@@ -17,6 +17,7 @@ from pydantic import Field, field_validator
 
 from modelproxy.emulator.api_errors import (
     ERROR_RESPONSES,
+    INVALID_PARAMETER,
     OPERATION_CONFLICT,
     RESOURCE_ALREADY_EXIST,
     RESOURCE_NOT_EXIST,
@@ -60,7 +61,7 @@ class CreateModelProxyInput(ModelProxyCreateInput):
     """The create body as the service checks it: `cpu`/`memory` must be JSON numbers (pydantic
     would otherwise accept "2"), and the name must be addressable as one path segment."""
 
-    model_proxy_name: str = Field(min_length=1, max_length=128, pattern=r"^[^/\s]+$")
+    model_proxy_name: str = Field(min_length=1, max_length=128, pattern=r"^[^/\s\u0085\ufeff]+$")
 
     @field_validator("cpu", "memory", mode="before")
     @classmethod
@@ -131,8 +132,17 @@ def _fails(record: ProxyRecord, marker: str) -> bool:
     return marker in str(record.wire.get("description") or "")
 
 
+def wire_of(body: WireModel) -> dict[str, Any]:
+    """`body.to_wire()`; a body nested past pydantic's serialization depth (kept unknown
+    fields can nest freely) is the caller's error, not ours."""
+    try:
+        return body.to_wire()
+    except ValueError as exc:  # "Maximum serialization depth exceeded"
+        raise ApiError(400, INVALID_PARAMETER, "Invalid parameter body: nested too deeply") from exc
+
+
 def create_wire(body: CreateModelProxyInput, request: Request) -> dict[str, Any]:
-    wire = {k: v for k, v in body.to_wire().items() if k in _CREATE_KEYS}
+    wire = {k: v for k, v in wire_of(body).items() if k in _CREATE_KEYS}
     name = body.model_proxy_name
     wire["functionName"] = f"modelproxy-{name}"
     wire["endpoint"] = f"{str(request.base_url).rstrip('/')}/models/{name}"
@@ -141,7 +151,7 @@ def create_wire(body: CreateModelProxyInput, request: Request) -> dict[str, Any]
 
 def update_patch(body: UpdateModelProxyInput) -> dict[str, Any]:
     """The supplied, non-null wire fields; `proxyConfig` replaces the stored one whole."""
-    return {k: v for k, v in body.to_wire().items() if k in _UPDATE_KEYS}
+    return {k: v for k, v in wire_of(body).items() if k in _UPDATE_KEYS}
 
 
 @router.post(

@@ -13,11 +13,14 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from modelproxy.emulator.api_errors import ErrorBody
 from modelproxy.emulator.auth import require_data_auth
 from modelproxy.emulator.faults import FaultPlan, FaultSource, StreamCut, quiet_stream_cuts
 from modelproxy.emulator.openai_wire import (
@@ -39,7 +42,43 @@ from modelproxy.emulator.state import ProxyRecord, ProxyStore
 from modelproxy.emulator.stats import record_data_request, stats_of
 from modelproxy.emulator.synthetic import complete, count_tokens
 
-router = APIRouter()
+
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class OpenAIError(BaseModel):
+    """The data plane's error body (`WireError.body`)."""
+
+    error: OpenAIErrorDetail
+
+
+def _openai_error(description: str) -> dict[str, Any]:
+    return {"model": OpenAIError, "description": description}
+
+
+# Every status the data plane answers, for /openapi.json (auth errors come from the shared
+# dependency and carry the control plane's `ErrorBody`).
+DATA_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "The reply; with `stream: true`, SSE events",
+          "content": {"application/json": {}, "text/event-stream": {}}},
+    400: _openai_error("Invalid request body or model"),
+    401: {"model": ErrorBody, "description": "Missing API key or signature"},
+    403: {"model": ErrorBody, "description": "Signature does not match"},
+    404: _openai_error("No such model proxy"),
+    409: _openai_error("The proxy is not READY"),
+    413: {"model": ErrorBody, "description": "The request body is too large"},
+    415: _openai_error("The body is not JSON (Content-Type)"),
+    429: _openai_error("Rate limited by the proxy's policies (Retry-After), or a fault"),
+    500: _openai_error("Injected fault"),
+    503: _openai_error("Injected fault"),
+}
+# Prompts can be long; a body past this is refused with 413 before it is read whole.
+MAX_BODY_BYTES = 16 * 1024 * 1024
+router = APIRouter(responses=DATA_RESPONSES, max_body_size=MAX_BODY_BYTES)
 JSON = "application/json"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -82,6 +121,7 @@ async def _serve(request: Request, name: str, api: Api) -> Response:
 async def _answer(request: Request, name: str, api: Api) -> Response:
     store: ProxyStore = request.app.state.store
     record = _ready_record(store, name)
+    _check_content_type(request.headers.get("content-type"))
     wanted = api.parse(parse_json(await request.body()))
     model = resolve_model(wanted.model, name, record.wire)
     settings = store.settings
@@ -154,6 +194,17 @@ async def _paced(
 async def _sleep(delay_s: float) -> None:
     if delay_s > 0:  # no await at all when unpaced: keeps zero-latency requests cheap
         await asyncio.sleep(delay_s)
+
+
+def _check_content_type(value: str | None) -> None:
+    """JSON bodies only (a missing Content-Type is read as JSON, as the OpenAI SDK sends it)."""
+    if value is None:
+        return
+    media = value.split(";", 1)[0].strip().lower()
+    if media == JSON or (media.startswith("application/") and media.endswith("+json")):
+        return
+    raise WireError(415, f"Content-Type must be {JSON}, not '{media}'",
+                    code="unsupported_media_type")
 
 
 def _ready_record(store: ProxyStore, name: str) -> ProxyRecord:

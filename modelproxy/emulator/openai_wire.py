@@ -11,7 +11,7 @@ import itertools
 import json
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
@@ -19,6 +19,9 @@ from modelproxy.emulator.synthetic import prompt_text
 
 FrameKind = Literal["meta", "token", "final"]
 DONE_FRAME = b"data: [DONE]\n\n"
+# Deeper request bodies are refused (400): real ones nest a handful of levels.
+MAX_JSON_DEPTH = 64
+_TOO_DEEP = f"the request body is nested deeper than {MAX_JSON_DEPTH} levels"
 
 
 class WireError(Exception):
@@ -95,11 +98,33 @@ class Frame(NamedTuple):
 # -- request checks ------------------------------------------------------------------------
 
 
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether arrays/objects nest more than `limit` levels (checked without recursion, so
+    the recursive readers below, e.g. `prompt_text`, never meet such a body)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Iterable[Any] = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
 def parse_json(raw: bytes) -> dict[str, Any]:
     try:
         body = json.loads(raw)
     except ValueError:
         raise bad_request("the request body is not valid JSON", code="invalid_json") from None
+    except RecursionError:  # deeper than json itself reads
+        raise bad_request(_TOO_DEEP, code="invalid_json") from None
+    if _deeper_than(body, MAX_JSON_DEPTH):
+        raise bad_request(_TOO_DEEP, code="invalid_json")
     if not isinstance(body, dict):
         raise bad_request("the request body must be a JSON object", code="invalid_json")
     return body

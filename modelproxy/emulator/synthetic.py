@@ -79,7 +79,8 @@ def generate(
 
 
 def _digest(prompt: str, seed: int) -> int:
-    data = f"{seed}\x00{prompt}".encode()
+    # surrogatepass: JSON may carry lone surrogate escapes ("\ud800"), which UTF-8 refuses.
+    data = f"{seed}\x00{prompt}".encode("utf-8", "surrogatepass")
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
 
 
