@@ -92,7 +92,7 @@ def mapped_transport_errors(*, streaming: bool = False) -> Iterator[None]:
         yield
     except httpx.TransportError as exc:
         cls = classify_transport_error(exc, streaming=streaming)
-        raise cls(f"{cls.__name__}: {exc}") from exc
+        raise cls(str(exc) or repr(exc)) from exc
 
 
 def raise_for_status(response: httpx.Response) -> None:

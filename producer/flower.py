@@ -156,8 +156,11 @@ def run_flower(
     from worker.app import create_app  # noqa: PLC0415 - imports Celery
 
     _register_mpq_metrics(settings)
-    code = create_app(settings).start(flower_argv(access, read_only=read_only,
-                                                  extra_args=extra_args))
+    celery = create_app(settings)
+    # Flower reads queue lengths by broker type and never waits on BRPOP: kombu's own
+    # transport (the workers' repaired one is for consumers, see worker/broker.py).
+    celery.conf.broker_transport = None
+    code = celery.start(flower_argv(access, read_only=read_only, extra_args=extra_args))
     return int(code or 0)
 
 

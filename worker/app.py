@@ -13,6 +13,13 @@ INFERENCE_QUEUE = "inference"
 MANAGEMENT_QUEUE = "management"
 # How often a worker sweeps for messages a dead worker left unacked (Redis broker).
 RESTORE_INTERVAL_S = 5
+# kombu's Redis transport with a repair for a broker that goes away (see worker/broker.py).
+REDIS_TRANSPORT = "worker.broker:Transport"
+
+
+def broker_transport(url: str) -> str | None:
+    """Our transport class for redis:// and rediss:// brokers; None: kombu's choice."""
+    return REDIS_TRANSPORT if url.split("://", 1)[0] in ("redis", "rediss") else None
 
 
 def broker_url(settings: Settings) -> str:
@@ -26,8 +33,10 @@ def broker_url(settings: Settings) -> str:
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings generated from ours (the only place Celery is configured)."""
+    url = broker_url(settings)
     return {
-        "broker_url": broker_url(settings),
+        "broker_url": url,
+        "broker_transport": broker_transport(url),
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": {
             # Short: a killed worker's jobs come back within a minute. Long-running jobs

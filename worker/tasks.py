@@ -72,7 +72,10 @@ def _register(kind: JobKind, name: str) -> None:
     job_task.__name__ = job_task.__qualname__ = name.rsplit(".", 1)[-1]
     job_task.__doc__ = f"Run one {kind.value} job."
     # throws: an expected failure, logged in one line without a traceback.
-    app.task(name=name, bind=True, throws=(JobFailed,))(job_task)
+    # max_retries=None: `self.retry` is how a job waits (backoff, permits, a busy lease), never
+    # a budget (attempts are counted in the job record); Celery's default of 3 would drop the
+    # message on the 4th wait and strand the job.
+    app.task(name=name, bind=True, throws=(JobFailed,), max_retries=None)(job_task)
 
 
 for _kind, _name in TASK_NAMES.items():
