@@ -16,9 +16,12 @@ appears in a process listing.
 from __future__ import annotations
 
 import ipaddress
+import os
 import secrets
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NoReturn
 
 import typer
 
@@ -144,8 +147,9 @@ def run_flower(
     force_open: bool = False,
     read_only: bool = True,
     extra_args: Sequence[str] = (),
-) -> int:
-    """Run Flower in the foreground until SIGTERM or Ctrl-C; returns its exit code.
+) -> NoReturn:
+    """Run Flower in the foreground until SIGTERM or Ctrl-C, then end the process with
+    Flower's exit code.
 
     Raises `UnsafeBindError` before anything starts when the address is unsafe."""
     access = resolve_access(settings, address=address, port=port, user=user,
@@ -160,8 +164,15 @@ def run_flower(
     # Flower reads queue lengths by broker type and never waits on BRPOP: kombu's own
     # transport (the workers' repaired one is for consumers, see worker/broker.py).
     celery.conf.broker_transport = None
-    code = celery.start(flower_argv(access, read_only=read_only, extra_args=extra_args))
-    return int(code or 0)
+    try:
+        code = celery.start(flower_argv(access, read_only=read_only, extra_args=extra_args))
+    except SystemExit as stopped:  # Flower's SIGTERM/SIGINT handler
+        code = stopped.code
+    # Flower has stopped serving. Leave now: interpreter shutdown would wait for Celery's
+    # broker threads, which retry forever when the broker is gone (seen: no exit after 40 s).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(int(code or 0) if isinstance(code, int | None) else 1)
 
 
 def flower_command(  # noqa: PLR0917 - typer: one parameter per option
@@ -186,12 +197,11 @@ def flower_command(  # noqa: PLR0917 - typer: one parameter per option
     if not (settings.broker_url or settings.redis_url):
         fail("no broker: set MPQ_REDIS_URL (or MPQ_BROKER_URL)", EXIT_USAGE)
     try:
-        code = run_flower(settings, address=address, port=port, user=user, password=password,
-                          auth=auth, force_open=force_open, read_only=not allow_control,
-                          extra_args=extra_args or ())
+        run_flower(settings, address=address, port=port, user=user, password=password,
+                   auth=auth, force_open=force_open, read_only=not allow_control,
+                   extra_args=extra_args or ())
     except UnsafeBindError as exc:
         fail(str(exc), EXIT_USAGE)
-    raise typer.Exit(code)
 
 
 if __name__ == "__main__":
