@@ -74,5 +74,9 @@ class Keys:
     def ratelimit(self, name: str, kind: str) -> str:
         return f"{self.prefix}rl:{_part(name, 'proxy name')}:{_part(kind, 'limit kind')}"
 
+    def open_jobs(self) -> str:
+        """Jobs not final yet, scored by when they were last seen waiting (ms)."""
+        return f"{self.prefix}jobs:open"
+
     def lock(self, name: str) -> str:
         return f"{self.prefix}lock:{_part(name, 'lock name')}"

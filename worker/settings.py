@@ -68,6 +68,14 @@ class Settings(BaseSettings):
         description="Inbound API key of the proxies (Authorization: Bearer), for workers "
         "without an AgentRun key pair.",
     )
+    orphan_check_s: float = Field(
+        default=30.0, gt=0, description="How often a worker looks for jobs whose message was lost."
+    )
+    orphan_grace_s: float = Field(
+        default=120.0, gt=0,
+        description="A job not seen progressing this long, with an empty queue and no unacked "
+        "message, gets a new message.",
+    )
     proxy_cache_s: float = Field(default=60.0, gt=0, description="Max age of a cached proxy.")
     refresh_interval_s: float = Field(default=60.0, gt=0, description="Beat: proxy refresh.")
     chunk_flush_ms: int = Field(

@@ -125,11 +125,17 @@ class JobStore:
         if batch_id is not None:
             records = [r.model_copy(update={"batch_id": batch_id}) for r in records]
         groups: defaultdict[str, list[JobRecord]] = defaultdict(list)
+        now_ms = int(time.time() * 1000)
         async with self._redis.pipeline(transaction=True) as pipe:
             for record in records:
                 pipe.hset(self._keys.job(record.id), mapping=_mapping(record.to_redis()))
                 if record.batch_id is not None:
                     groups[record.batch_id].append(record)
+            # Every unfinished job is indexed, so a job whose message is lost can be found
+            # (worker/orphans.py); finish_job.lua takes it out.
+            for start in range(0, len(records), _RPUSH_CHUNK):
+                chunk = records[start:start + _RPUSH_CHUNK]
+                pipe.zadd(self._keys.open_jobs(), {r.id: now_ms for r in chunk})
             for group_id, members in groups.items():
                 self._add_to_batch(pipe, group_id, members)
             await pipe.execute()
@@ -293,7 +299,7 @@ class JobStore:
         error: str | None,
         fields: Mapping[str, str | None],
     ) -> bool:
-        keys = [self._keys.job(job_id), self._keys.job_chunks(job_id)]
+        keys = [self._keys.job(job_id), self._keys.job_chunks(job_id), self._keys.open_jobs()]
         args: list[EncodableT] = [job_id, attempt, status.value, time.time(), self.retention_s]
         args += [*self._batch_templates, _json(error) or "", *_pairs(fields)]
         return bool(await self._finish(keys=keys, args=args))

@@ -11,7 +11,7 @@ import dataclasses
 from typing import Any
 
 from celery import Task
-from celery.signals import worker_shutdown
+from celery.signals import worker_ready, worker_shutdown
 from redis.exceptions import RedisError
 
 from modelproxy.portal import run_sync
@@ -80,6 +80,16 @@ def _register(kind: JobKind, name: str) -> None:
 
 for _kind, _name in TASK_NAMES.items():
     _register(_kind, _name)
+
+
+@worker_ready.connect
+def _start_orphan_sweeper(**_: Any) -> None:
+    """Find jobs whose broker message was lost (see worker/orphans.py)."""
+    from worker import orphans  # noqa: PLC0415 - it imports the producer, which imports us
+
+    runtime = get_runtime()
+    settings = runtime.settings
+    run_sync(orphans.start(runtime, app, settings.orphan_check_s, settings.orphan_grace_s))
 
 
 @worker_shutdown.connect

@@ -35,6 +35,7 @@ FAST = {
     "backoff_base_s": 0.2, "backoff_max_s": 1.0, "max_attempts": 3, "lease_s": 3.0,
     "cancel_check_s": 0.2, "visibility_timeout_s": 10, "request_timeout_s": 3.0,
     "worker_slots": 50, "proxy_cache_s": 30.0, "default_cooldown_s": 0.5,
+    "orphan_check_s": 1.0, "orphan_grace_s": 5.0,
 }
 
 

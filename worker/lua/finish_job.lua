@@ -1,5 +1,5 @@
 -- Writes a job's final state exactly once, fenced by attempt.
--- KEYS[1]  job hash        KEYS[2]  the job's chunk stream
+-- KEYS[1]  job hash        KEYS[2]  the job's chunk stream   KEYS[3]  open-jobs index
 -- ARGV     job id, attempt ('' = not fenced: a cancel), final status, now,
 --          retention_s, batch / batch jobs / batch events / batch invalid key templates,
 --          error as a JSON string or '', then field/value pairs to set
@@ -17,6 +17,7 @@ if refused(job, attempt) then
 end
 
 write_job(job_key, job, status, attempt, ARGV[10], 11)
+redis.call('ZREM', KEYS[3], job_id)
 redis.call('HSET', job_key, 'finished_at', now)
 redis.call('EXPIRE', job_key, ttl)
 redis.call('EXPIRE', chunks_key, ttl)
