@@ -61,10 +61,17 @@ def worker_process(env: dict[str, str], slots: int) -> Iterator[subprocess.Popen
             [MPQ, "worker", "--slots", str(slots), "--loglevel", "WARNING"],
             env=env, stdout=out, stderr=subprocess.STDOUT,
         )
-    try:
+    with stopping(process):
         time.sleep(3)  # the worker logs nothing at WARNING: give Celery time to connect
         if process.poll() is not None:
             raise RuntimeError(log.read_text())
+        yield process
+
+
+@contextlib.contextmanager
+def stopping(process: subprocess.Popen[bytes]) -> Iterator[subprocess.Popen[bytes]]:
+    """Stop a process we started (SIGTERM, then SIGKILL after 30 s), however we leave."""
+    try:
         yield process
     finally:
         process.send_signal(signal.SIGTERM)
@@ -72,6 +79,7 @@ def worker_process(env: dict[str, str], slots: int) -> Iterator[subprocess.Popen
             process.wait(30)
         except subprocess.TimeoutExpired:
             process.kill()
+            process.wait(10)
 
 
 def emulator_stats(url: str) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from typing import Any
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
-from bench.harness import worker_environment, worker_process
+from bench.harness import stopping, worker_environment, worker_process
 from bench.throughput import (
     MODEL,
     ROOT,
@@ -47,7 +47,6 @@ from bench.throughput import (
     create_proxy,
     percentile,
     set_emulator,
-    stopping,
 )
 from producer.client import AsyncClient
 from producer.submit import enqueue

@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -46,6 +44,7 @@ from bench.harness import (
     emulator_process,
     emulator_stats,
     reset_emulator_stats,
+    stopping,
     worker_environment,
     worker_process,
 )
@@ -138,20 +137,6 @@ def peak_rss_mb(pid: int) -> float:
 def percentile(values: Sequence[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
-
-
-@contextlib.contextmanager
-def stopping(process: subprocess.Popen[bytes]) -> Iterator[subprocess.Popen[bytes]]:
-    """Stop a process we started (SIGTERM, then SIGKILL after 30 s), however we leave."""
-    try:
-        yield process
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
 
 
 # -- the limits -----------------------------------------------------------------------
