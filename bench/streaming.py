@@ -14,6 +14,10 @@ index, for
   with `XREAD BLOCK` through `producer.client.AsyncClient(...).job(id).stream()`, as users do.
   The stream entry id is the Redis clock in ms when the worker's XADD ran, which splits that
   latency into emulator -> Redis and Redis -> consumer (1 ms resolution).
+The consumer process freezes its start-up objects out of the cyclic GC once it is set up
+(`gc.freeze()`, as the README advises for processes that follow many streams): otherwise
+its full collections, 60-90 ms each, land in the measurement. The worker does the same by
+itself when it is ready.
 Streams are paced by the synthetic model: `--tpot-s` 0.05 between tokens (20-40 tokens per
 reply), so 100 streams offer about 2,000 chunks/s. Target: p99(mpq) - p99(direct) < 10 ms.
 
@@ -26,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import signal
 import subprocess
@@ -269,6 +274,8 @@ async def measure(streams: int = DEFAULT_STREAMS, rounds: int = DEFAULT_ROUNDS,
                 await direct_round(emulator_url, proxy, 1)  # connections, caches
                 await mpq_round(client, proxy, 1)
                 take_sent(emulator_url)
+                gc.collect()
+                gc.freeze()
                 direct: list[Arrivals] = []
                 mpq: list[Arrivals] = []
                 paced_rates = []

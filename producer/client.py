@@ -19,6 +19,7 @@ from producer.batch_format import (
 )
 from producer.batches import AsyncBatch, Batch, BatchNotFoundError
 from producer.jobs import AsyncJob, Job
+from producer.stream_reader import StreamReader
 from producer.submit import enqueue
 from worker.app import create_app
 from worker.contract import BatchRecord, JobKind, JobRecord, new_id
@@ -56,14 +57,16 @@ class AsyncClient:
         if not self.settings.redis_url:
             raise NoRedisError()
         self.keys = Keys(self.settings.key_prefix)
-        # Each followed stream holds a connection during its blocking XREAD: size the pool
-        # for hundreds of concurrent consumers, not the worker's default.
+        # Blocking reads (job streams share one, each batch wait has its own) hold a
+        # connection while they wait: room for many, beyond the worker's default.
         self._redis = redis_client(self.settings.redis_url, STREAM_READERS_MAX,
                                    retries=connect_retries)
         self.store = JobStore(self._redis, self.keys, self.settings.result_ttl_s)
         self.celery = celery or create_app(self.settings)
+        self._reader = StreamReader(self.store)
 
     async def aclose(self) -> None:
+        await self._reader.aclose()
         await self._redis.aclose()
 
     async def __aenter__(self) -> Self:
@@ -82,7 +85,7 @@ class AsyncClient:
             raise ValueError(f"a {kind.value} job needs a proxy name")
         (record,) = await enqueue(self.store, self.celery,
                                   [JobRecord(kind=kind, proxy=proxy, request=request)])
-        return AsyncJob(self.store, record.id)
+        return AsyncJob(self.store, record.id, self._reader)
 
     async def chat(self, proxy: str, messages: list[dict[str, Any]], *, model: str | None = None,
                    stream: bool = False, **params: Any) -> AsyncJob:
@@ -100,7 +103,7 @@ class AsyncClient:
         return await self.submit(JobKind.RESPONSES, proxy, request)
 
     def job(self, job_id: str) -> AsyncJob:
-        return AsyncJob(self.store, job_id)
+        return AsyncJob(self.store, job_id, self._reader)
 
     # ---- proxies (management jobs) ------------------------------------------------------
 

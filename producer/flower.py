@@ -99,10 +99,9 @@ def flower_argv(
         f"--port={access.port}",
         f"--tasks_columns={TASK_COLUMNS}",
         f"--read_only={read_only}",
-        # Our workers always send task events (worker/app.py). Flower's periodic
-        # enable_events broadcast retries forever while the broker is down, and then kept
-        # Flower from exiting on SIGTERM.
-        "--enable_events=False",
+        # Flower's own default, said aloud: it tells every worker to send task events
+        # (off by default, MPQ_TASK_EVENTS) every 5 s while it runs.
+        "--enable_events=True",
     ]
     if access.user is not None:
         argv.append(f"--basic_auth={access.user}:{access.password}")

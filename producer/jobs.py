@@ -15,12 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from modelproxy.portal import iterate_sync, run_sync
+from producer.stream_reader import Follow, StreamReader
 from worker.contract import FINAL, ChunkEntry, JobRecord, JobStatus
 from worker.store import JobStore
 
 POLL_MIN_S = 0.02
 POLL_MAX_S = 0.5
-STREAM_BLOCK_MS = 500
+STREAM_BLOCK_S = 0.5  # quiet this long: look whether the job ended without a `done`
 
 
 class JobNotFoundError(LookupError):
@@ -89,9 +90,11 @@ def _event(entry_id: str, entry: ChunkEntry) -> StreamEvent:
 
 
 class AsyncJob:
-    def __init__(self, store: JobStore, job_id: str) -> None:
+    def __init__(self, store: JobStore, job_id: str, reader: StreamReader | None = None) -> None:
+        """`reader`: the client's, shared by its jobs' streams (else one of its own)."""
         self._store = store
         self.id = job_id
+        self._reader = reader
 
     def __repr__(self) -> str:
         return f"AsyncJob({self.id!r})"
@@ -122,11 +125,21 @@ class AsyncJob:
     async def stream(self, last_id: str = "0") -> AsyncIterator[StreamEvent]:
         """Chunks as they arrive (resumable from `last_id`), ending with the final
         attempt's `done`, or when the job ends without one (failed, cancelled)."""
+        reader = self._reader or StreamReader(self._store)
+        try:
+            async with reader.follow(self.id, last_id) as follow:
+                async for event in self._events(follow):
+                    yield event
+        finally:
+            if reader is not self._reader:
+                await reader.aclose()
+
+    async def _events(self, follow: Follow) -> AsyncIterator[StreamEvent]:
         attempt_seen = 0
         while True:
-            entries = await self._store.read_chunks(self.id, last_id, block_ms=STREAM_BLOCK_MS)
-            for entry_id, entry in entries:
-                last_id = entry_id
+            entries = await follow.read(STREAM_BLOCK_S)
+            for entry_id, fields in entries:
+                entry = ChunkEntry.from_redis(fields)
                 if attempt_seen and entry.attempt > attempt_seen:
                     yield StreamEvent(entry_id, entry.attempt, "restart")
                 attempt_seen = max(attempt_seen, entry.attempt)
@@ -138,7 +151,7 @@ class AsyncJob:
             # Quiet for a while: stop once the job has ended and nothing is left to read.
             record = await self._store.load(self.id)
             ended = record is None or record.status in FINAL
-            if ended and await self._drained(last_id):
+            if ended and await self._drained(follow.position):
                 return
 
     async def _drained(self, last_id: str) -> bool:

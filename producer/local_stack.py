@@ -124,6 +124,9 @@ def _start_all(processes: _Processes, options: StackOptions, redis_url: str,
         _wait_http(f"{modelproxy_url}/_emulator/health", emulator, None)
         env.update(AGENTRUN_CONTROL_ENDPOINT=modelproxy_url,
                    AGENTRUN_DATA_ENDPOINT=modelproxy_url)
+    if options.with_flower:
+        # Flower turns events on within 5 s; the stack's worker sends them from its first job.
+        env["MPQ_TASK_EVENTS"] = "true"
     worker, worker_log = processes.start("worker", _mpq(
         "worker", "--slots", str(options.slots), "--loglevel", "INFO"))
     _wait_log(worker_log, b" ready.", worker)

@@ -57,7 +57,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_pool": "threads",
         "worker_concurrency": settings.worker_slots,
         "worker_cancel_long_running_tasks_on_connection_loss": False,
-        "worker_send_task_events": True,
+        "worker_send_task_events": settings.task_events,
         "task_send_sent_event": True,
         "task_track_started": True,
         "task_queues": [Queue(INFERENCE_QUEUE), Queue(MANAGEMENT_QUEUE)],

@@ -1,5 +1,7 @@
-"""Streamed chunks go to the job's Redis stream in small batches: one pipelined round
-trip per `flush_ms` while tokens come fast, at once when they come slowly."""
+"""Streamed chunks go to the job's Redis stream as they come: one write in flight per
+stream (which keeps their order), the chunks that arrive meanwhile go with the next one.
+Writes of all the process's streams share pipelines (worker/autopipeline.py). `flush_ms`
+> 0 makes a stream wait that long between writes, for fewer, larger ones."""
 
 from __future__ import annotations
 

@@ -78,5 +78,13 @@ class Keys:
         """Jobs not final yet, scored by when they were last seen waiting (ms)."""
         return f"{self.prefix}jobs:open"
 
+    def cancels(self) -> str:
+        """A counter bumped by every cancel: running attempts look for theirs when it moves."""
+        return f"{self.prefix}jobs:cancels"
+
+    def reader_wake(self, reader_id: str) -> str:
+        """A stream reader's private wake-up stream (producer/stream_reader.py)."""
+        return f"{self.prefix}reader:{_part(reader_id, 'reader id')}:wake"
+
     def lock(self, name: str) -> str:
         return f"{self.prefix}lock:{_part(name, 'lock name')}"

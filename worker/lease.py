@@ -1,11 +1,16 @@
 """Run attempts under their leases. One keeper per process renews every running lease in
-one pipelined round trip per `check_s`, and stops an attempt within `check_s` when its job
-was cancelled or another attempt took over."""
+one pipelined round trip every `lease_s / 3`, and stops an attempt when its job was
+cancelled (within `check_s`) or another attempt took over (at the next renewal).
+
+Cancels are noticed without touching every lease: each one bumps a counter, which the
+keeper reads every `check_s` (one GET, however many jobs run) and renews early when it
+moved; a renewal refuses, and so stops, the attempts whose job is no longer theirs."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -27,7 +32,10 @@ class LeaseKeeper:
     def __init__(self, store: JobStore, *, lease_s: float, check_s: float) -> None:
         self._store = store
         self._lease_s = lease_s
-        self._interval_s = min(check_s, lease_s / 3)
+        self._renew_every_s = lease_s / 3
+        self._check_s = min(check_s, self._renew_every_s)
+        self._renewed_at = 0.0  # time.monotonic() of the last renewal
+        self._cancels: int | None = None  # the counter as last read
         self._running: dict[LeaseKey, asyncio.Future[Any]] = {}
         self._stopped: set[LeaseKey] = set()
         self._keeper: asyncio.Task[None] | None = None
@@ -53,18 +61,25 @@ class LeaseKeeper:
 
     async def _keep(self) -> None:
         while self._running:
-            await asyncio.sleep(self._interval_s)
-            keys = list(self._running)
-            if not keys:
-                continue
+            await asyncio.sleep(self._check_s)
             try:
-                alive = await self._store.renew_many(keys, self._lease_s)
+                if self._running and await self._renewal_due():
+                    await self._renew()
             except RedisError as exc:
                 # Keep working: if Redis stays away past the lease, fenced writes refuse us.
                 logger.warning("lease renewal failed: %s", exc)
-                continue
-            for key, ok in zip(keys, alive, strict=True):
-                task = self._running.get(key)
-                if not ok and task is not None:
-                    self._stopped.add(key)
-                    task.cancel()
+
+    async def _renewal_due(self) -> bool:
+        cancels = await self._store.cancels()
+        moved, self._cancels = cancels != self._cancels, cancels
+        return moved or time.monotonic() - self._renewed_at >= self._renew_every_s
+
+    async def _renew(self) -> None:
+        keys = list(self._running)
+        alive = await self._store.renew_many(keys, self._lease_s)
+        self._renewed_at = time.monotonic()
+        for key, ok in zip(keys, alive, strict=True):
+            task = self._running.get(key)
+            if not ok and task is not None:
+                self._stopped.add(key)
+                task.cancel()

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from typing import Any
 
 from celery import Celery
+from pydantic import ValidationError
 
 from worker.app import INFERENCE_QUEUE, MANAGEMENT_QUEUE
 from worker.contract import FINAL, JobKind, JobRecord
@@ -24,6 +26,7 @@ from worker.runtime import Runtime
 
 logger = logging.getLogger(__name__)
 LIMIT = 1000
+_JOB_ID = re.compile(r"[0-9a-f]{32}")  # worker.contract.new_id
 
 
 def _queue(kind: str) -> str:
@@ -50,14 +53,21 @@ async def sweep(rt: Runtime, celery: Celery, grace_s: float) -> int:
         if not raw or raw.get("status") in {s.value for s in FINAL}:
             done.append(job_id)
             continue
+        try:
+            record = JobRecord.from_redis(raw)
+        except ValidationError as exc:  # e.g. a kind this version does not know
+            logger.warning("job %s: unreadable record, no longer watched: %s", job_id, exc)
+            done.append(job_id)
+            continue
         busy_until = max(int(raw.get("lease_until_ms") or 0) if raw.get("status") == "running"
                          else 0, int(raw.get("not_before_ms") or 0))
-        record = JobRecord.from_redis(raw)
         (waiting if busy_until > now_ms else candidates).append(record)
     prefix = f"{rt.settings.key_prefix}broker:"
     backlog = {queue: await redis.llen(prefix + queue)
                for queue in (INFERENCE_QUEUE, MANAGEMENT_QUEUE)}
-    unacked = "\n".join(str(m) for m in await redis.hvals(prefix + "unacked"))
+    # Job ids named anywhere in the unacked messages (their summaries carry `job=<id>`).
+    unacked = {found for message in await redis.hvals(prefix + "unacked")
+               for found in _JOB_ID.findall(str(message))}
     orphans = [r for r in candidates
                if backlog[_queue(r.kind)] == 0 and r.id not in unacked]
     if orphans:

@@ -15,6 +15,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from modelproxy import Config
+from worker.autopipeline import AutoPipelineRedis
 from worker.keys import Keys
 from worker.lease import LeaseKeeper
 from worker.metrics import MetricsRecorder, metrics_key
@@ -48,8 +49,9 @@ class Runtime:
 def redis_client(
     url: str, max_connections: int = DEFAULT_REDIS_CONNECTIONS, retries: int = REDIS_RETRIES
 ) -> aioredis.Redis:
-    """A client that rides out a Redis restart (reconnects with backoff), and whose pool
-    makes callers wait for a connection instead of failing when all are busy."""
+    """A client that rides out a Redis restart (reconnects with backoff), whose pool makes
+    callers wait for a connection instead of failing when all are busy, and that sends each
+    loop iteration's commands as one pipeline (worker/autopipeline.py)."""
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
@@ -60,7 +62,7 @@ def redis_client(
         retry=Retry(ExponentialBackoff(cap=5.0, base=0.1), retries),
         retry_on_error=[RedisConnectionError, RedisTimeoutError, ConnectionError],
     )
-    return aioredis.Redis.from_pool(pool)
+    return AutoPipelineRedis.from_pool(pool)
 
 
 def build_runtime(settings: Settings) -> Runtime:

@@ -79,9 +79,16 @@ class Settings(BaseSettings):
     proxy_cache_s: float = Field(default=60.0, gt=0, description="Max age of a cached proxy.")
     refresh_interval_s: float = Field(default=60.0, gt=0, description="Beat: proxy refresh.")
     chunk_flush_ms: int = Field(
-        default=20, ge=0, description="Streamed chunks are written to Redis in batches this often."
+        default=0, ge=0,
+        description="Streamed chunks wait this long to be written to Redis together (0: at "
+        "once; chunks that come while a write is under way go with the next one).",
     )
 
+    task_events: bool = Field(
+        default=False,
+        description="Workers send task events from the start. Off: `mpq flower` turns them on "
+        "while it runs (they cost ~1/3 of a busy worker's CPU).",
+    )
     flower_address: str = Field(
         default="127.0.0.1", description="Flower binds here (non-loopback needs auth)."
     )

@@ -22,7 +22,7 @@ from typing import Any, Literal, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
-from redis.typing import EncodableT, FieldT
+from redis.typing import EncodableT, FieldT, KeyT, StreamIdT
 
 from worker.contract import (
     FINAL,
@@ -57,9 +57,11 @@ class Claim:
 
 
 @functools.cache
-def _lua(name: str) -> str:
-    common = (_LUA_DIR / "job_common.lua").read_text(encoding="utf-8")
-    return common + "\n" + (_LUA_DIR / name).read_text(encoding="utf-8")
+def _lua(name: str, *, common: bool = True) -> str:
+    script = (_LUA_DIR / name).read_text(encoding="utf-8")
+    if not common:
+        return script
+    return (_LUA_DIR / "job_common.lua").read_text(encoding="utf-8") + "\n" + script
 
 
 def _text(value: str | bytes) -> str:
@@ -80,15 +82,22 @@ def _pairs(fields: Mapping[str, str | None]) -> list[str]:
     return [part for name, value in fields.items() if value is not None for part in (name, value)]
 
 
-def _stream_entries(reply: Any) -> StreamEntries:
-    """XREAD's reply for one stream, from RESP2 (list) or RESP3 (dict)."""
+def _streams_reply(reply: Any) -> dict[str, StreamEntries]:
+    """XREAD's reply by stream key, from RESP2 (list of pairs) or RESP3 (dict)."""
     if not reply:
-        return []
-    entries = next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1]
-    # Entries are (id, fields) tuples; RESP3 wraps them in one more list.
-    if entries and isinstance(entries[0], list):
-        entries = entries[0]
-    return [(_text(entry_id), decode_hash(fields)) for entry_id, fields in entries]
+        return {}
+    by_key: dict[str, StreamEntries] = {}
+    for key, listed in reply.items() if isinstance(reply, dict) else reply:
+        # Entries are (id, fields) tuples; RESP3 wraps them in one more list.
+        entries = listed[0] if listed and isinstance(listed[0], list) else listed
+        by_key[_text(key)] = [(_text(entry_id), decode_hash(fields))
+                              for entry_id, fields in entries]
+    return by_key
+
+
+def _stream_entries(reply: Any) -> StreamEntries:
+    """XREAD's reply for one stream."""
+    return next(iter(_streams_reply(reply).values()), [])
 
 
 class JobStore:
@@ -99,11 +108,13 @@ class JobStore:
             raise ValueError(f"retention_s must be positive (got {retention_s})")
         self._redis = redis
         self._keys = keys
+        self.keys = keys
         self.retention_s = retention_s
         self._finish = redis.register_script(_lua("finish_job.lua"))
         self._move = redis.register_script(_lua("move_job.lua"))
         self._claim = redis.register_script(_lua("claim_job.lua"))
         self._renew = redis.register_script(_lua("renew_job.lua"))
+        self._append = redis.register_script(_lua("append_chunks.lua", common=False))
         self._batch_templates = [
             keys.batch(_ID_SLOT),
             keys.batch_jobs(_ID_SLOT),
@@ -276,7 +287,14 @@ class JobStore:
 
     async def cancel(self, job_id: str) -> bool:
         """Make the job ``cancelled`` unless it is final already; any attempt."""
-        return await self._finish_job(job_id, "", JobStatus.CANCELLED, None, {})
+        cancelled = await self._finish_job(job_id, "", JobStatus.CANCELLED, None, {})
+        if cancelled:
+            await self._redis.incr(self._keys.cancels())
+        return cancelled
+
+    async def cancels(self) -> int:
+        """How many cancels there have been (it moves: some running attempt may stop)."""
+        return int(await self._redis.get(self._keys.cancels()) or 0)
 
     async def _move_job(
         self,
@@ -307,14 +325,12 @@ class JobStore:
     # -- streams ----------------------------------------------------------------
 
     async def append_chunks(self, job_id: str, entries: Sequence[ChunkEntry]) -> list[str]:
-        """XADD each entry, all in one round trip; returns the stream ids."""
+        """Add the entries in order with one script call; returns their stream ids."""
         if not entries:
             return []
-        key = self._keys.job_chunks(job_id)
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for entry in entries:
-                pipe.xadd(key, _mapping(entry.to_redis()))
-            ids = await pipe.execute()
+        fields = [_pairs(entry.to_redis()) for entry in entries]
+        args: list[EncodableT] = [len(fields[0]), *(part for entry in fields for part in entry)]
+        ids = await self._append(keys=[self._keys.job_chunks(job_id)], args=args)
         return [_text(i) for i in ids]
 
     async def read_chunks(
@@ -337,6 +353,21 @@ class JobStore:
     ) -> StreamEntries:
         """Finished-job events (job_id, status, attempt) after ``last_id``."""
         return await self._xread(self._keys.batch_events(batch_id), last_id, block_ms, count)
+
+    async def read_streams(
+        self, positions: Mapping[str, str], block_ms: int | None = None
+    ) -> dict[str, StreamEntries]:
+        """Entries after each stream key's position, in one XREAD; with ``block_ms``, wait
+        that long for the first one."""
+        streams: dict[KeyT, StreamIdT] = {key: at for key, at in positions.items()}
+        return _streams_reply(await self._redis.xread(streams, block=block_ms))
+
+    async def wake(self, key: str, ttl_s: int) -> None:
+        """Add an entry to a private stream (it ends an XREAD that waits on it)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.xadd(key, {"wake": "1"}, maxlen=16, approximate=True)
+            pipe.expire(key, ttl_s)
+            await pipe.execute()
 
     async def _xread(
         self, key: str, last_id: str, block_ms: int | None, count: int | None

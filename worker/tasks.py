@@ -8,10 +8,12 @@ delivery) goes back through the broker with `self.retry`, so Flower shows it as 
 from __future__ import annotations
 
 import dataclasses
+import gc
+import sys
 from typing import Any
 
 from celery import Task
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_init, worker_ready, worker_shutdown
 from redis.exceptions import RedisError
 
 from modelproxy.portal import run_sync
@@ -34,6 +36,10 @@ TASK_NAMES: dict[JobKind, str] = {
 }
 REFRESH_TASK = "mpq.maintenance.refresh_proxies"
 REDIS_RETRY_MAX_S = 10.0
+# The event-loop thread gives up the GIL on every socket call and then waits for Celery's
+# threads to hand it back: after 0.2 ms instead of Python's 5 ms, a busy worker finished
+# ~20 % more jobs per second (bench.throughput).
+GIL_SWITCH_INTERVAL_S = 0.0002
 
 
 class JobFailed(Exception):
@@ -80,6 +86,19 @@ def _register(kind: JobKind, name: str) -> None:
 
 for _kind, _name in TASK_NAMES.items():
     _register(_kind, _name)
+
+
+@worker_init.connect
+def _short_gil_switch_interval(**_: Any) -> None:
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+
+
+@worker_ready.connect
+def _freeze_startup_objects(**_: Any) -> None:
+    """Keep Celery's, pydantic's and our start-up objects out of the cyclic GC's full
+    collections: they stopped the event loop for 80-110 ms each (stream chunks waited)."""
+    gc.collect()
+    gc.freeze()
 
 
 @worker_ready.connect

@@ -59,7 +59,8 @@ CHROMIUM_TIMEOUT_S = 90
 COLUMN = {name: index for index, name in enumerate(TASK_COLUMNS.split(","))}
 START_TIMEOUT_S = 30
 FAST = {"max_attempts": 3, "backoff_base_s": 0.2, "backoff_max_s": 1.0, "lease_s": 3.0,
-        "cancel_check_s": 0.2, "request_timeout_s": 5.0, "default_cooldown_s": 0.5}
+        "cancel_check_s": 0.2, "request_timeout_s": 5.0, "default_cooldown_s": 0.5,
+        "task_events": True}
 
 
 def chromium_path() -> str:

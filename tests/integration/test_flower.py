@@ -5,6 +5,7 @@ exporter made of it."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import signal
@@ -185,7 +186,7 @@ async def scenario(redis_url: str, emulator: EmulatorServer,
     from conftest import WorkerProcess, worker_env
 
     logs = tmp_path_factory.mktemp("flower")
-    stack = Stack.create(redis_url, emulator.url)
+    stack = Stack.create(redis_url, emulator.url, task_events=True)
     env = worker_env(stack.settings, emulator.url)
     flower = start_flower(env, logs / "flower.log")
     worker = WorkerProcess(env, logs / "worker.log", "flower-w")
@@ -257,6 +258,34 @@ def test_flower_stops_on_sigterm_while_the_broker_is_down(tmp_path: Path) -> Non
         started = time.monotonic()
         assert flower.stop() == 0
     assert time.monotonic() - started < 10
+
+
+async def test_flower_turns_on_the_task_events_of_a_worker_started_without(
+    redis_url: str, emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    """Workers send no task events by default (they cost CPU); a running Flower tells every
+    worker to send them, so jobs after that show up in it, final state included."""
+    from conftest import WorkerProcess, worker_env
+
+    stack = Stack.create(redis_url, emulator.url)
+    assert not stack.settings.task_events
+    env = worker_env(stack.settings, emulator.url)
+    worker = WorkerProcess(env, tmp_path / "worker.log", "events-w").start()
+    flower = start_flower(env, tmp_path / "flower.log")
+    try:
+        deadline = time.monotonic() + 20  # Flower broadcasts enable_events every 5 s
+        while "Events of group {task} enabled by remote" not in worker.log():
+            assert time.monotonic() < deadline, worker.log()
+            await asyncio.sleep(0.2)
+        record = JobRecord(kind=JobKind.CHAT, proxy=await stack.proxy(),
+                           request={"messages": [{"role": "user", "content": "hi"}]})
+        [job] = await enqueue(stack.store, stack.celery, [record], "b-events")
+        await stack.wait(job.id)
+        assert _flower_tasks(flower, [job])[job.id]["state"] == "SUCCESS"
+    finally:
+        worker.stop()
+        flower.stop()
+        await stack.close()
 
 
 def test_unauthenticated_public_bind_is_refused(redis_url: str) -> None:

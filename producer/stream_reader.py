@@ -1,0 +1,142 @@
+"""One blocking XREAD for every job stream a client follows.
+
+A consumer following a hundred streams with an XREAD loop each sends one round trip per
+chunk per stream and holds a connection per stream: its CPU, not Redis, then sets the
+latency (measured: p50 +45 ms at 100 streams of 20 chunks/s). Here one task per client
+reads all followed streams at once and hands each follower its entries; a stream stays in
+the read until its last follower lets go. A follower that joins while the read waits adds
+to the reader's private wake stream, which is part of every read, so it is read at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator
+
+from redis.exceptions import RedisError
+
+from worker.store import JobStore, StreamEntries
+
+READ_BLOCK_MS = 1000
+CLOSE_TIMEOUT_S = 5.0
+WAKE_TTL_S = 60  # the wake stream outlives a reader that went away by this much at most
+
+
+def _position(entry_id: str) -> tuple[int, int]:
+    """A stream id's order ("0" is before every entry)."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+class Follow:
+    """One follower's entries of one job stream, after its position."""
+
+    def __init__(self, reader: StreamReader, job_id: str, last_id: str) -> None:
+        self._reader = reader
+        self.job_id = job_id
+        self.position = last_id
+        self._entries: StreamEntries = []
+        self._error: BaseException | None = None
+        self._arrived = asyncio.Event()
+
+    async def read(self, block_s: float) -> StreamEntries:
+        """The entries that arrived since the last call; waits up to `block_s` for one."""
+        self._reader.ensure_reading()
+        if not self._entries and self._error is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), block_s)
+        self._arrived.clear()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        entries, self._entries = self._entries, []
+        return entries
+
+    def offer(self, entries: StreamEntries) -> None:
+        fresh = [e for e in entries if _position(e[0]) > _position(self.position)]
+        if fresh:
+            self._entries += fresh
+            self.position = fresh[-1][0]
+            self._arrived.set()
+
+    def fail(self, error: BaseException) -> None:
+        self._error = error
+        self._arrived.set()
+
+
+class StreamReader:
+    """Follows job streams for one client (one event loop)."""
+
+    def __init__(self, store: JobStore, block_ms: int = READ_BLOCK_MS) -> None:
+        self._store = store
+        self._block_ms = block_ms
+        self._wake_key = store.keys.reader_wake(uuid.uuid4().hex)
+        self._wake_position = "0"
+        self._follows: dict[str, list[Follow]] = defaultdict(list)
+        self._reading: dict[str, str] = {}  # what the XREAD under way asks for
+        self._task: asyncio.Task[None] | None = None
+        self._woken = False
+        self._closed = False
+
+    @contextlib.asynccontextmanager
+    async def follow(self, job_id: str, last_id: str = "0") -> AsyncIterator[Follow]:
+        follow = Follow(self, job_id, last_id)
+        self._follows[job_id].append(follow)
+        try:
+            if self._task is not None and not self._task.done() and not self._woken:
+                asked = self._reading.get(self._key(job_id))
+                if asked is None or _position(last_id) < _position(asked):
+                    self._woken = True  # one wake-up serves every follower until the read ends
+                    await self._store.wake(self._wake_key, WAKE_TTL_S)
+            self.ensure_reading()
+            yield follow
+        finally:
+            follows = self._follows[job_id]
+            follows.remove(follow)
+            if not follows:
+                del self._follows[job_id]
+
+    def ensure_reading(self) -> None:
+        if self._follows and not self._closed and (self._task is None or self._task.done()):
+            self._task = asyncio.ensure_future(self._read_all())
+
+    async def aclose(self) -> None:
+        """Stop reading. The read under way is woken rather than cut off (a cancelled read
+        leaves its connection behind half-closed)."""
+        self._closed = True
+        task = self._task
+        if task is None or task.done():
+            return
+        with contextlib.suppress(RedisError):
+            await self._store.wake(self._wake_key, WAKE_TTL_S)
+        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(task, CLOSE_TIMEOUT_S)
+
+    def _key(self, job_id: str) -> str:
+        return self._store.keys.job_chunks(job_id)
+
+    async def _read_all(self) -> None:
+        while self._follows and not self._closed:
+            by_key = {self._key(job_id): (job_id, min((f.position for f in follows),
+                                                      key=_position))
+                      for job_id, follows in self._follows.items()}
+            self._reading = {key: position for key, (_, position) in by_key.items()}
+            try:
+                replies = await self._store.read_streams(
+                    {**self._reading, self._wake_key: self._wake_position}, self._block_ms)
+            except Exception as exc:  # every follower hears of it; the next read retries
+                for follows in self._follows.values():
+                    for follow in follows:
+                        follow.fail(exc)
+                return
+            finally:
+                self._reading, self._woken = {}, False
+            for key, entries in replies.items():
+                if key == self._wake_key:
+                    self._wake_position = entries[-1][0]
+                    continue
+                for follow in list(self._follows.get(by_key[key][0], ())):
+                    follow.offer(entries)

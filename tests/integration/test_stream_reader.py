@@ -1,0 +1,131 @@
+"""The shared stream reader (producer/stream_reader.py) on a real server: every follower
+gets exactly its stream's entries in order, over one blocking connection; a follower that
+joins while the read waits is served at once; quiet streams time out; errors reach the
+followers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from producer.stream_reader import StreamReader
+from worker.contract import ChunkEntry
+from worker.embedded_redis import free_port
+from worker.keys import Keys
+from worker.runtime import redis_client
+from worker.store import JobStore
+
+RETENTION_S = 600
+
+
+@pytest.fixture
+async def store(any_redis_url: str) -> AsyncIterator[JobStore]:
+    keys = Keys(f"mpqtest-reader-{uuid.uuid4().hex[:8]}:")
+    client = redis_client(any_redis_url)
+    yield JobStore(client, keys, RETENTION_S)
+    async for key in client.scan_iter(match=f"{keys.prefix}*"):
+        await client.unlink(key)
+    await client.aclose()
+
+
+def _entry(seq: int) -> ChunkEntry:
+    return ChunkEntry(attempt=1, seq=seq, kind="delta", data=f'{{"text":"{seq}"}}')
+
+
+async def _collect(reader: StreamReader, job_id: str, count: int) -> list[str]:
+    seqs: list[str] = []
+    async with reader.follow(job_id) as follow:
+        while len(seqs) < count:
+            entries = await follow.read(5.0)
+            assert entries, f"{job_id}: nothing new after {seqs}"
+            seqs += [fields["seq"] for _, fields in entries]
+    return seqs
+
+
+async def test_many_followers_get_their_entries_in_order_on_one_connection(
+    store: JobStore, any_redis_url: str
+) -> None:
+    name = f"reader-{uuid.uuid4().hex[:8]}"
+    reader_client = redis_client(f"{any_redis_url}?client_name={name}")
+    reader = StreamReader(JobStore(reader_client, store.keys, RETENTION_S), block_ms=200)
+    observer = aioredis.Redis.from_url(any_redis_url, decode_responses=True)
+    jobs = [f"job{i}" for i in range(40)]
+
+    async def write(job_id: str) -> None:
+        for seq in range(15):
+            await store.append_chunks(job_id, [_entry(seq)])
+            await asyncio.sleep(0.005)
+
+    try:
+        readers = [asyncio.ensure_future(_collect(reader, job_id, 15)) for job_id in jobs]
+        await asyncio.sleep(0.05)
+        await asyncio.gather(*(write(job_id) for job_id in jobs))
+        connections = [c for c in await observer.client_list() if c["name"] == name]
+        results = await asyncio.gather(*readers)
+    finally:
+        await reader.aclose()
+        await reader_client.aclose()
+        await observer.aclose()
+    assert results == [[str(seq) for seq in range(15)]] * len(jobs)
+    assert len(connections) <= 2  # the blocking read, and one for a wake-up at most
+
+
+async def test_a_follower_that_joins_while_the_read_waits_is_served_at_once(
+    store: JobStore,
+) -> None:
+    reader = StreamReader(store, block_ms=5_000)
+    await store.append_chunks("late", [_entry(0)])
+    try:
+        async with reader.follow("early") as early:
+            assert await early.read(0.2) == []  # the 5 s read is now waiting
+            started = time.monotonic()
+            async with reader.follow("late") as late:
+                entries = await late.read(5.0)
+            waited_s = time.monotonic() - started
+    finally:
+        await reader.aclose()
+    assert [fields["seq"] for _, fields in entries] == ["0"]
+    assert waited_s < 1.0
+
+
+async def test_two_followers_of_one_stream_each_get_what_follows_their_position(
+    store: JobStore,
+) -> None:
+    ids = await store.append_chunks("shared", [_entry(seq) for seq in range(4)])
+    reader = StreamReader(store, block_ms=200)
+    try:
+        async with reader.follow("shared") as whole, reader.follow("shared", ids[1]) as tail:
+            first, second = await whole.read(2.0), await tail.read(2.0)
+    finally:
+        await reader.aclose()
+    assert [entry_id for entry_id, _ in first] == ids
+    assert [entry_id for entry_id, _ in second] == ids[2:]
+
+
+async def test_a_quiet_stream_times_out_empty(store: JobStore) -> None:
+    reader = StreamReader(store, block_ms=100)
+    try:
+        async with reader.follow("quiet") as follow:
+            started = time.monotonic()
+            assert await follow.read(0.3) == []
+            assert 0.25 < time.monotonic() - started < 2.0
+    finally:
+        await reader.aclose()
+
+
+async def test_followers_hear_of_a_lost_server() -> None:
+    client = redis_client(f"redis://127.0.0.1:{free_port()}/0", retries=0)
+    reader = StreamReader(JobStore(client, Keys("mpqtest-reader-gone:"), RETENTION_S))
+    try:
+        async with reader.follow("a") as follow:
+            with pytest.raises(RedisConnectionError):
+                await follow.read(5.0)
+    finally:
+        await reader.aclose()
+        await client.aclose()
