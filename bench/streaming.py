@@ -21,6 +21,9 @@ itself when it is ready.
 Streams are paced by the synthetic model: `--tpot-s` 0.05 between tokens (20-40 tokens per
 reply), so 100 streams offer about 2,000 chunks/s. Target: p99(mpq) - p99(direct) < 10 ms.
 
+Also reported (no target): the chunks after the first 5 of each stream, which do not
+arrive while the worker is still taking the round's 100 jobs off the queue.
+
 Chunks/s: the same 100 streams unpaced (`tpot_s` 0, 100-200 tokens each): chunks delivered
 to the consumers per second, against the direct client's chunks/s (reported, no target).
 """
@@ -64,6 +67,7 @@ TPOT_S = 0.05
 PACED_TOKENS = 40  # the synthetic model's natural reply: between half of this and this
 UNPACED_TOKENS = 200
 TARGET_P99_OVERHEAD_MS = 10.0
+STARTING_CHUNKS = 5  # reported apart too: they arrive while the worker starts 100 jobs
 SENT_PATH = "/_bench/sent"
 TOKEN_MARK = b'"delta":{"content":"'
 EMPTY_TOKEN_MARK = b'"delta":{"content":""'
@@ -238,20 +242,31 @@ def latency(samples_s: list[float]) -> Latency:
     return Latency(len(ms), percentile(ms, 0.5), percentile(ms, 0.99), max(ms))
 
 
-def match(rounds: list[Arrivals], sent: dict[str, list[float]],
-          ) -> tuple[list[float], list[float], list[float]]:
-    """(sent -> arrival, sent -> Redis write, Redis write -> arrival) of every chunk, s."""
-    total, to_redis, from_redis = [], [], []
+@dataclass
+class Split:
+    """Latencies (s) of every chunk: in all, the part before and after the Redis write, and
+    the chunks after the first `STARTING_CHUNKS` of their stream."""
+
+    total: list[float]
+    to_redis: list[float]
+    from_redis: list[float]
+    steady: list[float]
+
+
+def match(rounds: list[Arrivals], sent: dict[str, list[float]]) -> Split:
+    split = Split([], [], [], [])
     for stream in rounds:
         stamps = sent.get(stream.completion_id)
         if stamps is None or len(stamps) != len(stream.at):
             raise RuntimeError(f"stream {stream.completion_id}: {len(stream.at)} chunks read, "
                                f"{'no' if stamps is None else len(stamps)} sent")
-        total += [a - s for a, s in zip(stream.at, stamps, strict=True)]
+        latencies = [a - s for a, s in zip(stream.at, stamps, strict=True)]
+        split.total += latencies
+        split.steady += latencies[STARTING_CHUNKS:]
         for k, written in enumerate(stream.written_ms):
-            to_redis.append(written / 1000 - stamps[k])
-            from_redis.append(stream.at[k] - written / 1000)
-    return total, to_redis, from_redis
+            split.to_redis.append(written / 1000 - stamps[k])
+            split.from_redis.append(stream.at[k] - written / 1000)
+    return split
 
 
 def chunks_per_s(streams: list[Arrivals], elapsed_s: float) -> float:
@@ -285,8 +300,7 @@ async def measure(streams: int = DEFAULT_STREAMS, rounds: int = DEFAULT_ROUNDS,
                     paced_rates.append(chunks_per_s(mpq_streams, spread_s(mpq_streams)))
                     mpq += mpq_streams
                 sent = take_sent(emulator_url)
-                paced_direct, _, _ = match(direct, sent)
-                paced_mpq, to_redis, from_redis = match(mpq, sent)
+                paced_direct, paced_mpq = match(direct, sent), match(mpq, sent)
                 set_emulator(emulator_url, tpot_s=0, default_completion_tokens=UNPACED_TOKENS)
                 started = time.perf_counter()
                 fast_direct = await direct_round(emulator_url, proxy, streams)
@@ -296,9 +310,11 @@ async def measure(streams: int = DEFAULT_STREAMS, rounds: int = DEFAULT_ROUNDS,
                 mpq_s = time.perf_counter() - started
     result: dict[str, Any] = {
         "streams": streams, "rounds": rounds,
-        "direct": asdict(latency(paced_direct)), "mpq": asdict(latency(paced_mpq)),
-        "emulator_to_redis": asdict(latency(to_redis)),
-        "redis_to_consumer": asdict(latency(from_redis)),
+        "direct": asdict(latency(paced_direct.total)), "mpq": asdict(latency(paced_mpq.total)),
+        "emulator_to_redis": asdict(latency(paced_mpq.to_redis)),
+        "redis_to_consumer": asdict(latency(paced_mpq.from_redis)),
+        "direct_steady": asdict(latency(paced_direct.steady)),
+        "mpq_steady": asdict(latency(paced_mpq.steady)),
         "paced_chunks_per_s": sum(paced_rates) / len(paced_rates),
         "direct_chunks_per_s": chunks_per_s(fast_direct, direct_s),
         "mpq_chunks_per_s": chunks_per_s(fast_mpq, mpq_s),
@@ -318,7 +334,9 @@ def report(result: dict[str, Any]) -> None:
     print(f"{'path':<34} {'chunks':>7} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7}")
     rows = (("direct SSE client", "direct"), ("mpq: worker -> Redis -> XREAD", "mpq"),
             ("  of which emulator -> Redis", "emulator_to_redis"),
-            ("  of which Redis -> consumer", "redis_to_consumer"))
+            ("  of which Redis -> consumer", "redis_to_consumer"),
+            (f"direct, from chunk {STARTING_CHUNKS + 1} on", "direct_steady"),
+            (f"mpq, from chunk {STARTING_CHUNKS + 1} on", "mpq_steady"))
     for name, key in rows:
         row = result[key]
         print(f"{name:<34} {row['chunks']:>7} {row['p50_ms']:>7.1f} {row['p99_ms']:>7.1f} "
