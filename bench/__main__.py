@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench import enqueue, inflight, ratelimit, streaming, throughput
+from bench.harness import arguments
 
 INFO = "info"
 
@@ -134,7 +135,7 @@ def print_table(rows: list[Row]) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = arguments(__doc__)
     parser.add_argument("--only", action="append", choices=sorted(BENCHES),
                         help="run only this benchmark (repeatable)")
     parser.add_argument("--throughput-jobs", type=int, default=throughput.DEFAULT_JOBS)

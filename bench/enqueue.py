@@ -7,7 +7,6 @@ of the limit. Each figure is the best of `--repeat` runs."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import time
 import uuid
@@ -17,6 +16,7 @@ from typing import Any
 import redis
 from redis.typing import EncodableT, FieldT
 
+from bench.harness import arguments
 from producer.submit import enqueue, send_each
 from worker.app import INFERENCE_QUEUE, create_app
 from worker.contract import JobKind, JobRecord
@@ -131,11 +131,7 @@ def report(found: dict[str, Any]) -> None:
     print(f"pipelined / send_task loop: {found['send_task_loop_s'] / found['enqueue_s']:.1f}x")
 
 
-async def main(repeat: int) -> None:
-    report(await results(repeat))
-
-
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = arguments(__doc__)
     parser.add_argument("--repeat", type=int, default=DEFAULT_REPEAT)
-    asyncio.run(main(parser.parse_args().repeat))
+    report(asyncio.run(results(parser.parse_args().repeat)))

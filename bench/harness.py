@@ -1,7 +1,9 @@
-"""Real parts for benchmarks: an emulator process, worker processes, a producer view."""
+"""Real parts and shared helpers for benchmarks: an emulator process, worker processes,
+settings under a fresh key prefix, proxies, chat jobs, percentiles, the command line."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import os
@@ -12,15 +14,28 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from modelproxy import Config, ModelProxy, ModelProxyCreateInput, ProxyConfig
+from worker.contract import JobKind, JobRecord
 from worker.embedded_redis import free_port
+from worker.settings import Settings
+from worker.store import JobStore
 
 MPQ = shutil.which("mpq", path=str(Path(sys.executable).parent)) or "mpq"
+MODEL = "m"
+ROOT = Path(__file__).resolve().parent.parent
+BATCH_TIMEOUT_S = 300.0
+
+
+def arguments(doc: str | None) -> argparse.ArgumentParser:
+    """A benchmark's command line, its `--help` showing the module docstring as written."""
+    return argparse.ArgumentParser(description=doc,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 @contextlib.contextmanager
@@ -91,5 +106,48 @@ def reset_emulator_stats(url: str) -> None:
     httpx.delete(f"{url}/_emulator/stats").raise_for_status()
 
 
-def run(coro: Any) -> Any:
-    return asyncio.run(coro)
+def bench_settings(redis_url: str, **changes: Any) -> Settings:
+    """Settings under a fresh key prefix, so runs in one Redis never see each other."""
+    return Settings(redis_url=redis_url, key_prefix=f"bench-{uuid.uuid4().hex[:8]}:",
+                    **changes)
+
+
+async def create_proxy(emulator_url: str, policies: dict[str, Any] | None = None) -> str:
+    """A READY proxy on the emulator with these `proxyConfig.policies` (wire names)."""
+    config = Config(control_endpoint=emulator_url, data_endpoint=emulator_url)
+    name = f"bench-{uuid.uuid4().hex[:8]}"
+    wire: dict[str, Any] = {"endpoints": [{"modelNames": [MODEL]}]}
+    if policies:
+        wire["policies"] = policies
+    spec = ModelProxyCreateInput(model_proxy_name=name,
+                                 proxy_config=ProxyConfig.model_validate(wire))
+    proxy = await ModelProxy.create_async(spec, config=config)
+    await proxy.wait_until_ready_or_failed_async(interval_seconds=0.05)
+    return name
+
+
+def set_emulator(url: str, **settings: Any) -> None:
+    httpx.put(f"{url}/_emulator/settings", json=settings).raise_for_status()
+
+
+def chat_records(proxy: str, jobs: int, **request: Any) -> list[JobRecord]:
+    return [JobRecord(kind=JobKind.CHAT, proxy=proxy, request={
+        **request, "messages": [{"role": "user", "content": f"Summarise item {i}."}]})
+        for i in range(jobs)]
+
+
+async def wait_batch(store: JobStore, batch_id: str, timeout_s: float = BATCH_TIMEOUT_S,
+                     ) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        batch = await store.batch(batch_id)
+        if batch is not None and batch.status == "finished":
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"batch {batch_id} not finished after {timeout_s} s: {batch}")
+        await asyncio.sleep(0.05)
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]

@@ -5,13 +5,13 @@ one process really holds 500 requests at once."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import time
 import uuid
 from typing import Any
 
 from bench.harness import (
+    arguments,
     emulator_process,
     emulator_stats,
     reset_emulator_stats,
@@ -97,11 +97,7 @@ def report(found: dict[str, Any]) -> None:
     print(f"enqueue: {small['enqueue_s']:.1f} s and {large['enqueue_s']:.1f} s")
 
 
-async def main(latency_s: float) -> None:
-    report(await results(latency_s))
-
-
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = arguments(__doc__)
     parser.add_argument("--latency-s", type=float, default=DEFAULT_LATENCY_S)
-    asyncio.run(main(parser.parse_args().latency_s))
+    report(asyncio.run(results(parser.parse_args().latency_s)))

@@ -23,7 +23,6 @@ the start (slots filling, connections opening) and the tail.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import time
@@ -36,19 +35,18 @@ from httpx_aiohttp import AiohttpTransport
 from redis.asyncio import Redis
 
 from bench.harness import (
-    emulator_process,
-    emulator_stats,
-    reset_emulator_stats,
-    worker_environment,
-    worker_process,
-)
-from bench.throughput import (
     MODEL,
+    arguments,
     bench_settings,
     chat_records,
     create_proxy,
+    emulator_process,
+    emulator_stats,
+    reset_emulator_stats,
     set_emulator,
     wait_batch,
+    worker_environment,
+    worker_process,
 )
 from producer.submit import enqueue
 from worker.app import create_app
@@ -259,8 +257,7 @@ def report(runs: list[dict[str, Any]]) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = arguments(__doc__)
     parser.add_argument("--jobs", type=int, default=DEFAULT_JOBS)
     parser.add_argument("--slots", type=int, default=DEFAULT_SLOTS,
                         help="slots of each worker process")

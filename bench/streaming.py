@@ -47,14 +47,17 @@ from typing import Any
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
-from bench.harness import stopping, worker_environment, worker_process
-from bench.throughput import (
+from bench.harness import (
     MODEL,
     ROOT,
+    arguments,
     bench_settings,
     create_proxy,
     percentile,
     set_emulator,
+    stopping,
+    worker_environment,
+    worker_process,
 )
 from producer.client import AsyncClient
 from producer.submit import enqueue
@@ -352,8 +355,7 @@ def report(result: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = arguments(__doc__)
     parser.add_argument("--streams", type=int, default=DEFAULT_STREAMS)
     parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS)
     parser.add_argument("--serve-emulator", type=int, metavar="PORT",

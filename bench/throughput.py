@@ -23,7 +23,6 @@ queue at ~150/s here, so the first ones end before the 1,000th starts).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import subprocess
@@ -31,7 +30,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -41,22 +40,29 @@ import redis
 from httpx_aiohttp import AiohttpTransport
 
 from bench.harness import (
+    MODEL,
+    ROOT,
+    arguments,
+    bench_settings,
+    chat_records,
+    create_proxy,
     emulator_process,
     emulator_stats,
+    percentile,
     reset_emulator_stats,
+    set_emulator,
     stopping,
+    wait_batch,
     worker_environment,
     worker_process,
 )
 from bench.noop_app import NOOP_TASK, create_noop_app
-from modelproxy import Config, ModelProxy, ModelProxyCreateInput, ProxyConfig
 from producer.submit import enqueue
 from worker.app import INFERENCE_QUEUE, create_app
-from worker.contract import JobKind, JobRecord, JobStatus
+from worker.contract import JobStatus
 from worker.embedded_redis import redis_server
 from worker.keys import Keys
 from worker.runtime import redis_client
-from worker.settings import Settings
 from worker.store import JobStore
 
 DEFAULT_JOBS = 5_000
@@ -65,58 +71,13 @@ DEFAULT_LATENCY_S = 1.0
 BIG_SLOTS = 1_000
 BIG_LATENCY_S = 8.0  # a worker dispatches ~150 jobs/s here: 4 s would not fill 1,000 slots
 TARGET = 0.8
-MODEL = "m"
-ROOT = Path(__file__).resolve().parent.parent
 CELERY = str(Path(sys.executable).parent / "celery")
-BATCH_TIMEOUT_S = 300.0
 NOOP_TIMEOUT_S = 120.0
 POLL_S = 0.005
 STABLE_POLLS = 10  # the queue must look empty this many polls in a row (see noop_rate)
 
 
-# -- helpers the other benchmarks share -----------------------------------------------
-
-
-def bench_settings(redis_url: str, **changes: Any) -> Settings:
-    """Settings under a fresh key prefix, so runs in one Redis never see each other."""
-    return Settings(redis_url=redis_url, key_prefix=f"bench-{uuid.uuid4().hex[:8]}:",
-                    **changes)
-
-
-async def create_proxy(emulator_url: str, policies: dict[str, Any] | None = None) -> str:
-    """A READY proxy on the emulator with these `proxyConfig.policies` (wire names)."""
-    config = Config(control_endpoint=emulator_url, data_endpoint=emulator_url)
-    name = f"bench-{uuid.uuid4().hex[:8]}"
-    wire: dict[str, Any] = {"endpoints": [{"modelNames": [MODEL]}]}
-    if policies:
-        wire["policies"] = policies
-    spec = ModelProxyCreateInput(model_proxy_name=name,
-                                 proxy_config=ProxyConfig.model_validate(wire))
-    proxy = await ModelProxy.create_async(spec, config=config)
-    await proxy.wait_until_ready_or_failed_async(interval_seconds=0.05)
-    return name
-
-
-def set_emulator(url: str, **settings: Any) -> None:
-    httpx.put(f"{url}/_emulator/settings", json=settings).raise_for_status()
-
-
-def chat_records(proxy: str, jobs: int, **request: Any) -> list[JobRecord]:
-    return [JobRecord(kind=JobKind.CHAT, proxy=proxy, request={
-        **request, "messages": [{"role": "user", "content": f"Summarise item {i}."}]})
-        for i in range(jobs)]
-
-
-async def wait_batch(store: JobStore, batch_id: str, timeout_s: float = BATCH_TIMEOUT_S,
-                     ) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        batch = await store.batch(batch_id)
-        if batch is not None and batch.status == "finished":
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"batch {batch_id} not finished after {timeout_s} s: {batch}")
-        await asyncio.sleep(0.05)
+# -- the worker process's CPU and memory ---------------------------------------------
 
 
 def cpu_s(pid: int) -> float:
@@ -132,11 +93,6 @@ def peak_rss_mb(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError(f"no VmHWM for process {pid}")
-
-
-def percentile(values: Sequence[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
 
 
 # -- the limits -----------------------------------------------------------------------
@@ -326,8 +282,7 @@ def report(result: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = arguments(__doc__)
     parser.add_argument("--jobs", type=int, default=DEFAULT_JOBS)
     parser.add_argument("--slots", type=int, default=DEFAULT_SLOTS)
     parser.add_argument("--latency-s", type=float, default=DEFAULT_LATENCY_S)
