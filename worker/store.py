@@ -107,7 +107,6 @@ class JobStore:
         if retention_s <= 0:
             raise ValueError(f"retention_s must be positive (got {retention_s})")
         self._redis = redis
-        self._keys = keys
         self.keys = keys
         self.retention_s = retention_s
         self._finish = redis.register_script(_lua("finish_job.lua"))
@@ -139,24 +138,24 @@ class JobStore:
         now_ms = int(time.time() * 1000)
         async with self._redis.pipeline(transaction=True) as pipe:
             for record in records:
-                pipe.hset(self._keys.job(record.id), mapping=_mapping(record.to_redis()))
+                pipe.hset(self.keys.job(record.id), mapping=_mapping(record.to_redis()))
                 if record.batch_id is not None:
                     groups[record.batch_id].append(record)
             # Every unfinished job is indexed, so a job whose message is lost can be found
             # (worker/orphans.py); finish_job.lua takes it out.
             for start in range(0, len(records), _RPUSH_CHUNK):
                 chunk = records[start:start + _RPUSH_CHUNK]
-                pipe.zadd(self._keys.open_jobs(), {r.id: now_ms for r in chunk})
+                pipe.zadd(self.keys.open_jobs(), {r.id: now_ms for r in chunk})
             for group_id, members in groups.items():
                 self._add_to_batch(pipe, group_id, members)
             await pipe.execute()
         return list(records)
 
     def _add_to_batch(self, pipe: Pipeline, batch_id: str, records: list[JobRecord]) -> None:
-        key = self._keys.batch(batch_id)
+        key = self.keys.batch(batch_id)
         ids = [r.id for r in records]
         for start in range(0, len(ids), _RPUSH_CHUNK):
-            pipe.rpush(self._keys.batch_jobs(batch_id), *ids[start : start + _RPUSH_CHUNK])
+            pipe.rpush(self.keys.batch_jobs(batch_id), *ids[start : start + _RPUSH_CHUNK])
         pipe.hsetnx(key, "status", BatchStatus.IN_PROGRESS.value)
         pipe.hsetnx(key, "created_at", str(time.time()))
         pipe.hincrby(key, "total", len(records))
@@ -164,14 +163,14 @@ class JobStore:
             pipe.hincrby(key, status.value, count)
 
     async def load(self, job_id: str) -> JobRecord | None:
-        raw = await self._redis.hgetall(self._keys.job(job_id))
+        raw = await self._redis.hgetall(self.keys.job(job_id))
         return JobRecord.from_redis(raw) if raw else None
 
     async def open_batch(self, batch_id: str, name: str | None, invalid: Sequence[str]) -> None:
         """Register a batch before its jobs: its name, the input lines refused (JSON
         error lines), and its place in the index. A batch with nothing to run is finished
         at once."""
-        key = self._keys.batch(batch_id)
+        key = self.keys.batch(batch_id)
         now = time.time()
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(key, mapping={"created_at": str(now), "invalid": str(len(invalid)),
@@ -179,45 +178,45 @@ class JobStore:
             if name:
                 pipe.hset(key, "name", name)
             if invalid:
-                pipe.rpush(self._keys.batch_invalid(batch_id), *invalid)
-            pipe.zadd(self._keys.batches(), {batch_id: now})
+                pipe.rpush(self.keys.batch_invalid(batch_id), *invalid)
+            pipe.zadd(self.keys.batches(), {batch_id: now})
             # Index entries outlive their batches' retention; trim them as batches come.
-            pipe.zremrangebyscore(self._keys.batches(), 0, now - 2 * self.retention_s)
+            pipe.zremrangebyscore(self.keys.batches(), 0, now - 2 * self.retention_s)
             await pipe.execute()
 
     async def close_empty_batch(self, batch_id: str) -> None:
         """A batch whose every line was refused is finished (and expires like others)."""
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self._keys.batch(batch_id), mapping={
+            pipe.hset(self.keys.batch(batch_id), mapping={
                 "status": BatchStatus.FINISHED.value, "finished_at": str(time.time())})
             for template in self._batch_templates:
                 pipe.expire(template.replace(_ID_SLOT, batch_id), self.retention_s)
             await pipe.execute()
 
     async def invalid_lines(self, batch_id: str) -> list[str]:
-        lines = await self._redis.lrange(self._keys.batch_invalid(batch_id), 0, -1)
+        lines = await self._redis.lrange(self.keys.batch_invalid(batch_id), 0, -1)
         return [_text(line) for line in lines]
 
     async def batch_ids(self, limit: int) -> list[str]:
         """The newest batches first."""
-        ids = await self._redis.zrevrange(self._keys.batches(), 0, limit - 1)
+        ids = await self._redis.zrevrange(self.keys.batches(), 0, limit - 1)
         return [_text(cast(str | bytes, i)) for i in ids]
 
     async def load_many(self, job_ids: Sequence[str]) -> list[JobRecord | None]:
         """Records of many jobs in one round trip (None where a job is unknown)."""
         async with self._redis.pipeline(transaction=False) as pipe:
             for job_id in job_ids:
-                pipe.hgetall(self._keys.job(job_id))
+                pipe.hgetall(self.keys.job(job_id))
             replies = await pipe.execute()
         return [JobRecord.from_redis(raw) if raw else None for raw in replies]
 
     async def batch(self, batch_id: str) -> BatchRecord | None:
-        raw = await self._redis.hgetall(self._keys.batch(batch_id))
+        raw = await self._redis.hgetall(self.keys.batch(batch_id))
         return BatchRecord.from_redis(batch_id, raw) if raw else None
 
     async def batch_job_ids(self, batch_id: str, start: int = 0, stop: int = -1) -> list[str]:
         """Job ids in input order; ``start``/``stop`` as in LRANGE (inclusive)."""
-        ids = await self._redis.lrange(self._keys.batch_jobs(batch_id), start, stop)
+        ids = await self._redis.lrange(self.keys.batch_jobs(batch_id), start, stop)
         return [_text(i) for i in ids]
 
     # -- state changes (all fenced in Lua) ------------------------------------
@@ -226,7 +225,7 @@ class JobStore:
         """Start the next attempt under a lease, unless the job is final or another
         delivery holds a live lease (see lua/claim_job.lua)."""
         reply = await self._claim(
-            keys=[self._keys.job(job_id)],
+            keys=[self.keys.job(job_id)],
             args=[worker, int(lease_s * 1000), self._batch_templates[0]],
         )
         outcome = cast(ClaimOutcome, _text(reply[0]))
@@ -245,7 +244,7 @@ class JobStore:
         async with self._redis.pipeline(transaction=False) as pipe:
             for job_id, attempt in attempts:
                 args: list[EncodableT] = [attempt, int(lease_s * 1000)]
-                await self._renew(keys=[self._keys.job(job_id)], args=args, client=pipe)
+                await self._renew(keys=[self.keys.job(job_id)], args=args, client=pipe)
             replies = await pipe.execute()
         return [bool(reply) for reply in replies]
 
@@ -289,12 +288,12 @@ class JobStore:
         """Make the job ``cancelled`` unless it is final already; any attempt."""
         cancelled = await self._finish_job(job_id, "", JobStatus.CANCELLED, None, {})
         if cancelled:
-            await self._redis.incr(self._keys.cancels())
+            await self._redis.incr(self.keys.cancels())
         return cancelled
 
     async def cancels(self) -> int:
         """How many cancels there have been (it moves: some running attempt may stop)."""
-        return int(await self._redis.get(self._keys.cancels()) or 0)
+        return int(await self._redis.get(self.keys.cancels()) or 0)
 
     async def _move_job(
         self,
@@ -306,7 +305,7 @@ class JobStore:
     ) -> bool:
         batch_template = self._batch_templates[0]
         args: list[EncodableT] = [attempt, status.value, batch_template, _json(error) or ""]
-        done = await self._move(keys=[self._keys.job(job_id)], args=[*args, *_pairs(fields)])
+        done = await self._move(keys=[self.keys.job(job_id)], args=[*args, *_pairs(fields)])
         return bool(done)
 
     async def _finish_job(
@@ -317,7 +316,7 @@ class JobStore:
         error: str | None,
         fields: Mapping[str, str | None],
     ) -> bool:
-        keys = [self._keys.job(job_id), self._keys.job_chunks(job_id), self._keys.open_jobs()]
+        keys = [self.keys.job(job_id), self.keys.job_chunks(job_id), self.keys.open_jobs()]
         args: list[EncodableT] = [job_id, attempt, status.value, time.time(), self.retention_s]
         args += [*self._batch_templates, _json(error) or "", *_pairs(fields)]
         return bool(await self._finish(keys=keys, args=args))
@@ -330,7 +329,7 @@ class JobStore:
             return []
         fields = [_pairs(entry.to_redis()) for entry in entries]
         args: list[EncodableT] = [len(fields[0]), *(part for entry in fields for part in entry)]
-        ids = await self._append(keys=[self._keys.job_chunks(job_id)], args=args)
+        ids = await self._append(keys=[self.keys.job_chunks(job_id)], args=args)
         return [_text(i) for i in ids]
 
     async def read_chunks(
@@ -341,7 +340,7 @@ class JobStore:
         count: int | None = None,
     ) -> list[tuple[str, ChunkEntry]]:
         """Entries after ``last_id``; with ``block_ms``, wait that long for one."""
-        entries = await self._xread(self._keys.job_chunks(job_id), last_id, block_ms, count)
+        entries = await self._xread(self.keys.job_chunks(job_id), last_id, block_ms, count)
         return [(entry_id, ChunkEntry.from_redis(fields)) for entry_id, fields in entries]
 
     async def read_batch_events(
@@ -352,7 +351,7 @@ class JobStore:
         count: int | None = None,
     ) -> StreamEntries:
         """Finished-job events (job_id, status, attempt) after ``last_id``."""
-        return await self._xread(self._keys.batch_events(batch_id), last_id, block_ms, count)
+        return await self._xread(self.keys.batch_events(batch_id), last_id, block_ms, count)
 
     async def read_streams(
         self, positions: Mapping[str, str], block_ms: int | None = None
