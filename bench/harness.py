@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 
 from modelproxy import Config, ModelProxy, ModelProxyCreateInput, ProxyConfig
+from producer.local_stack import stop_processes
 from worker.contract import JobKind, JobRecord
 from worker.embedded_redis import free_port
 from worker.settings import Settings
@@ -30,6 +31,7 @@ MPQ = shutil.which("mpq", path=str(Path(sys.executable).parent)) or "mpq"
 MODEL = "m"
 ROOT = Path(__file__).resolve().parent.parent
 BATCH_TIMEOUT_S = 300.0
+STOP_TIMEOUT_S = 30.0
 
 
 def arguments(doc: str | None) -> argparse.ArgumentParser:
@@ -89,12 +91,7 @@ def stopping(process: subprocess.Popen[bytes]) -> Iterator[subprocess.Popen[byte
     try:
         yield process
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+        stop_processes([process], STOP_TIMEOUT_S)
 
 
 def emulator_stats(url: str) -> dict[str, Any]:

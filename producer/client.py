@@ -28,8 +28,8 @@ from worker.runtime import REDIS_RETRIES, redis_client
 from worker.settings import Settings
 from worker.store import JobStore
 
-ENQUEUE_CHUNK = 5000
-STREAM_READERS_MAX = 1024  # lines per round of writes: workers start while the rest goes in
+ENQUEUE_CHUNK = 5000  # lines per round of writes: workers start while the rest goes in
+REDIS_CONNECTIONS_MAX = 1024
 JSON_SEPARATORS = (",", ":")
 
 
@@ -59,7 +59,7 @@ class AsyncClient:
         self.keys = Keys(self.settings.key_prefix)
         # Blocking reads (job streams share one, each batch wait has its own) hold a
         # connection while they wait: room for many, beyond the worker's default.
-        self._redis = redis_client(self.settings.redis_url, STREAM_READERS_MAX,
+        self._redis = redis_client(self.settings.redis_url, REDIS_CONNECTIONS_MAX,
                                    retries=connect_retries)
         self.store = JobStore(self._redis, self.keys, self.settings.result_ttl_s)
         self.celery = celery or create_app(self.settings)

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,6 +71,21 @@ def _wait_log(log: Path, marker: bytes, process: subprocess.Popen[bytes]) -> Non
         time.sleep(0.1)
 
 
+def stop_processes(processes: Sequence[subprocess.Popen[bytes]], timeout_s: float) -> None:
+    """SIGTERM each process still running (the last started first), give them `timeout_s`
+    in all to exit, then SIGKILL the ones left."""
+    for process in reversed(processes):
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    for process in processes:
+        try:
+            process.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 class _Processes:
     def __init__(self, log_dir: Path, env: dict[str, str]) -> None:
         self.log_dir = log_dir
@@ -87,16 +102,7 @@ class _Processes:
         return process, log
 
     def stop_all(self) -> None:
-        for process in reversed(self.started):
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        for process in self.started:
-            try:
-                process.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_processes(self.started, STOP_TIMEOUT_S)
 
 
 @contextlib.contextmanager

@@ -12,7 +12,6 @@ import html
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -34,6 +33,7 @@ from modelproxy import (
 from modelproxy.emulator.server import EmulatorServer
 from modelproxy.emulator.settings import EmulatorSettings
 from producer.flower import TASK_COLUMNS
+from producer.local_stack import stop_processes
 from producer.submit import enqueue, job_summary
 from worker.app import create_app
 from worker.contract import JobKind, JobRecord
@@ -58,6 +58,7 @@ WINDOW = "1600,640"
 CHROMIUM_TIMEOUT_S = 90
 COLUMN = {name: index for index, name in enumerate(TASK_COLUMNS.split(","))}
 START_TIMEOUT_S = 30
+STOP_TIMEOUT_S = 20.0
 FAST = {"max_attempts": 3, "backoff_base_s": 0.2, "backoff_max_s": 1.0, "lease_s": 3.0,
         "cancel_check_s": 0.2, "request_timeout_s": 5.0, "default_cooldown_s": 0.5,
         "task_events": True}
@@ -134,15 +135,7 @@ class Processes:
         return found
 
     def stop(self) -> None:
-        for process in reversed(self.started):
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in self.started:
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_processes(self.started, STOP_TIMEOUT_S)
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,6 @@ import base64
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -42,7 +41,7 @@ import redis
 
 from modelproxy import Config, ModelProxy, ModelProxyCreateInput
 from producer.client import Client
-from producer.local_stack import LocalStack, StackOptions, local_stack
+from producer.local_stack import LocalStack, StackOptions, local_stack, stop_processes
 from worker.contract import JobStatus
 from worker.embedded_redis import free_port, redis_server
 from worker.settings import Settings
@@ -59,6 +58,7 @@ WORKER_API_KEY_ENV = "MPQ_MODELPROXY_API_KEY"
 WORKER_API_KEY_FIELD = "modelproxy_api_key"
 BATCH_SIZE = 8
 START_TIMEOUT_S = 30.0
+EMULATOR_STOP_TIMEOUT_S = 10.0
 WAIT_S = 60.0
 
 
@@ -192,12 +192,7 @@ def emulator_process(log: Path, signed: bool) -> Iterator[str]:
             time.sleep(0.1)
         yield url
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_processes([process], EMULATOR_STOP_TIMEOUT_S)
 
 
 def chat_line(index: int) -> str:

@@ -15,6 +15,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from producer.local_stack import stop_processes
 from worker.embedded_redis import redis_server
 from worker.settings import Settings
 
@@ -36,6 +37,7 @@ async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
 
 
 SYSTEM_REDIS_URL = "redis://127.0.0.1:6379/0"
+STOP_TIMEOUT_S = 20.0  # a worker that does not stop after SIGTERM by then is killed
 
 
 def system_redis_answers() -> bool:
@@ -99,11 +101,7 @@ class WorkerProcess:
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
             return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(20)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        stop_processes([self.process], STOP_TIMEOUT_S)
 
 
 def worker_env(settings: Settings, modelproxy_url: str) -> dict[str, str]:
