@@ -1,32 +1,85 @@
-"""Streamed chunks go to the job's Redis stream as they come: one write in flight per
-stream (which keeps their order), the chunks that arrive meanwhile go with the next one.
-Writes of all the process's streams share pipelines (worker/autopipeline.py). `flush_ms`
-> 0 makes a stream wait that long between writes, for fewer, larger ones."""
+"""Streamed chunks go to the jobs' Redis streams as they come.
+
+One `ChunkSink` per worker process gathers the entries of every stream it runs and writes
+them in one script call per event-loop iteration: at 100 streams a chunk arrives about
+every 0.5 ms, and a write of its own cost each chunk ~35 µs of CPU more than its share of
+a common one. One write is in flight at a time, which keeps each stream's order; entries
+that come meanwhile go with the next. `flush_ms` > 0 spaces the writes out that long, for
+fewer, larger ones.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from typing import Any
 
 from worker.contract import ChunkEntry, ChunkKind
 from worker.store import JobStore
 
+logger = logging.getLogger(__name__)
+
+
+class ChunkSink:
+    """Writes the entries of every `ChunkWriter` made from it; use it from one event loop."""
+
+    def __init__(self, store: JobStore, flush_ms: int = 0) -> None:
+        self._store = store
+        self._flush_s = flush_ms / 1000
+        self._pending: dict[ChunkWriter, list[ChunkEntry]] = {}
+        self._next: asyncio.Future[None] | None = None  # done when `_pending` is written
+        self._writing: asyncio.Task[None] | None = None
+        self._last_write = 0.0
+
+    def writer(self, job_id: str, attempt: int) -> ChunkWriter:
+        return ChunkWriter(self, job_id, attempt)
+
+    def add(self, writer: ChunkWriter, entry: ChunkEntry) -> asyncio.Future[None]:
+        """Queue an entry; the future is done once the write that carries it has ended."""
+        self._pending.setdefault(writer, []).append(entry)
+        if self._next is None:
+            self._next = asyncio.get_running_loop().create_future()
+        if self._writing is None or self._writing.done():
+            self._writing = asyncio.ensure_future(self._write_all())
+        return self._next
+
+    async def _write_all(self) -> None:
+        while self._pending:
+            wait_s = self._last_write + self._flush_s - time.monotonic()
+            if wait_s > 0:
+                await asyncio.sleep(wait_s)
+            pending, self._pending = self._pending, {}
+            written, self._next = self._next, None
+            self._last_write = time.monotonic()
+            try:
+                await self._store.append_to_streams(
+                    {writer.job_id: entries for writer, entries in pending.items()})
+            except Exception as exc:
+                # Each stream now has a gap: its writer fails the attempt when it closes.
+                logger.warning("chunk write of %d streams failed: %s", len(pending), exc)
+                for writer in pending:
+                    writer.failure = writer.failure or exc
+            else:
+                for writer, entries in pending.items():
+                    writer.written += len(entries)
+            finally:
+                assert written is not None  # set by add() with the entries just taken
+                written.set_result(None)
+
 
 class ChunkWriter:
     """Appends one attempt's entries (`delta` …, then `done` or `error`) in order."""
 
-    def __init__(self, store: JobStore, job_id: str, attempt: int, flush_ms: int) -> None:
-        self._store = store
-        self._job_id = job_id
+    def __init__(self, sink: ChunkSink, job_id: str, attempt: int) -> None:
+        self._sink = sink
+        self.job_id = job_id
         self._attempt = attempt
-        self._flush_s = flush_ms / 1000
-        self._buffer: list[ChunkEntry] = []
         self._seq = 0
-        self._last_flush = 0.0
-        self._flusher: asyncio.Task[None] | None = None
+        self._last_write: asyncio.Future[None] | None = None
         self.written = 0
+        self.failure: BaseException | None = None  # the first write of ours that failed
 
     def delta(self, data: dict[str, Any]) -> None:
         self._add("delta", data)
@@ -40,10 +93,12 @@ class ChunkWriter:
         await self.close()
 
     async def close(self) -> None:
-        """Write whatever is buffered and wait for it."""
-        if self._flusher is not None:
-            await self._flusher
-        await self._flush()
+        """Wait until every entry is written; raises the first failed write's error."""
+        if self._last_write is not None:
+            # Shielded: a cancelled job must not cancel the write other streams share.
+            await asyncio.shield(self._last_write)
+        if self.failure is not None:
+            raise self.failure
 
     def _add(self, kind: ChunkKind, data: dict[str, Any]) -> None:
         entry = ChunkEntry(
@@ -51,19 +106,4 @@ class ChunkWriter:
             data=json.dumps(data, separators=(",", ":")),
         )
         self._seq += 1
-        self._buffer.append(entry)
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.ensure_future(self._flush_soon())
-
-    async def _flush_soon(self) -> None:
-        wait_s = self._last_flush + self._flush_s - time.monotonic()
-        if wait_s > 0:
-            await asyncio.sleep(wait_s)
-        await self._flush()
-
-    async def _flush(self) -> None:
-        while self._buffer:
-            batch, self._buffer = self._buffer, []
-            self._last_flush = time.monotonic()
-            await self._store.append_chunks(self._job_id, batch)
-            self.written += len(batch)
+        self._last_write = self._sink.add(self, entry)

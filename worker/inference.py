@@ -111,7 +111,7 @@ async def _call(
         else:
             reply = (await data.responses(body)).model_dump(exclude_none=True)
         return InferenceResult(reply, reply.get("usage"))
-    writer = ChunkWriter(rt.store, job.id, attempt, rt.settings.chunk_flush_ms)
+    writer = rt.chunks.writer(job.id, attempt)
     try:
         if job.kind == JobKind.CHAT:
             result = await _stream_chat(data.chat_stream(body), writer)

@@ -16,6 +16,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from modelproxy import Config
 from worker.autopipeline import AutoPipelineRedis
+from worker.chunks import ChunkSink
 from worker.keys import Keys
 from worker.lease import LeaseKeeper
 from worker.metrics import MetricsRecorder, metrics_key
@@ -38,6 +39,7 @@ class Runtime:
     keys: Keys
     redis: aioredis.Redis
     store: JobStore
+    chunks: ChunkSink
     limiter: RateLimiter
     cache: ProxyCache
     config: Config
@@ -80,6 +82,7 @@ def build_runtime(settings: Settings) -> Runtime:
         keys=keys,
         redis=client,
         store=store,
+        chunks=ChunkSink(store, settings.chunk_flush_ms),
         limiter=RateLimiter(client),
         cache=ProxyCache(client, keys, config, settings.proxy_cache_s),
         config=config,

@@ -80,8 +80,9 @@ class Settings(BaseSettings):
     refresh_interval_s: float = Field(default=60.0, gt=0, description="Beat: proxy refresh.")
     chunk_flush_ms: int = Field(
         default=0, ge=0,
-        description="Streamed chunks wait this long to be written to Redis together (0: at "
-        "once; chunks that come while a write is under way go with the next one).",
+        description="A worker writes the streamed chunks of all its jobs together, at most "
+        "once per this many ms (0: at once; chunks that come while a write is under way go "
+        "with the next one).",
     )
 
     task_events: bool = Field(

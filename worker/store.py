@@ -325,12 +325,22 @@ class JobStore:
 
     async def append_chunks(self, job_id: str, entries: Sequence[ChunkEntry]) -> list[str]:
         """Add the entries in order with one script call; returns their stream ids."""
-        if not entries:
-            return []
-        fields = [_pairs(entry.to_redis()) for entry in entries]
-        args: list[EncodableT] = [len(fields[0]), *(part for entry in fields for part in entry)]
-        ids = await self._append(keys=[self.keys.job_chunks(job_id)], args=args)
-        return [_text(i) for i in ids]
+        return (await self.append_to_streams({job_id: entries})).get(job_id, [])
+
+    async def append_to_streams(
+        self, entries: Mapping[str, Sequence[ChunkEntry]]
+    ) -> dict[str, list[str]]:
+        """Add each job's entries to its chunk stream, in order, all in one script call;
+        returns each job's new stream ids."""
+        jobs = [job_id for job_id, added in entries.items() if added]
+        if not jobs:
+            return {}
+        fields = [_pairs(entry.to_redis()) for job_id in jobs for entry in entries[job_id]]
+        args: list[EncodableT] = [len(fields[0]), *(len(entries[job_id]) for job_id in jobs)]
+        args += [part for entry in fields for part in entry]
+        replies = await self._append(keys=[self.keys.job_chunks(job_id) for job_id in jobs],
+                                     args=args)
+        return {job_id: [_text(i) for i in ids] for job_id, ids in zip(jobs, replies, strict=True)}
 
     async def read_chunks(
         self,
