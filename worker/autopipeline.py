@@ -31,7 +31,12 @@ Queued = tuple[tuple[Any, ...], dict[str, Any], "asyncio.Future[Any]"]
 def _blocking(args: tuple[Any, ...]) -> bool:
     name = str(args[0]).upper()
     if name in ("XREAD", "XREADGROUP"):
-        return any(str(arg).upper() == "BLOCK" for arg in args[1:])
+        # Options come before STREAMS; the keys and ids after it can be hundreds.
+        for arg in args[1:]:
+            option = str(arg).upper()
+            if option in ("BLOCK", "STREAMS"):
+                return option == "BLOCK"
+        return False
     return name in _BLOCKING
 
 
