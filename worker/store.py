@@ -335,9 +335,10 @@ class JobStore:
         jobs = [job_id for job_id, added in entries.items() if added]
         if not jobs:
             return {}
-        fields = [_pairs(entry.to_redis()) for job_id in jobs for entry in entries[job_id]]
-        args: list[EncodableT] = [len(fields[0]), *(len(entries[job_id]) for job_id in jobs)]
-        args += [part for entry in fields for part in entry]
+        rows = [entry.to_redis() for job_id in jobs for entry in entries[job_id]]
+        names = list(rows[0])  # every entry has the same fields: their names go once
+        args: list[EncodableT] = [len(names), *names, *(len(entries[job_id]) for job_id in jobs)]
+        args += [value for row in rows for value in row.values()]
         replies = await self._append(keys=[self.keys.job_chunks(job_id) for job_id in jobs],
                                      args=args)
         return {job_id: [_text(i) for i in ids] for job_id, ids in zip(jobs, replies, strict=True)}
