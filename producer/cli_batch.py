@@ -46,7 +46,8 @@ def _counts(record: BatchRecord) -> str:
             f"{c.get(JobStatus.FAILED, 0)} failed, {c.get(JobStatus.CANCELLED, 0)} cancelled, "
             f"{c.get(JobStatus.RUNNING, 0)} running, "
             f"{c.get(JobStatus.QUEUED, 0) + c.get(JobStatus.RETRYING, 0)} waiting"
-            + (f"; {record.invalid} invalid lines" if record.invalid else ""))
+            + (f"; {record.invalid} invalid lines" if record.invalid else "")
+            + ("; still being submitted" if record.submitting else ""))
 
 
 def follow(batch: Batch, total: int, timeout: float | None = None) -> BatchRecord:

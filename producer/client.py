@@ -151,8 +151,7 @@ class AsyncClient:
         for start in range(0, len(records), ENQUEUE_CHUNK):
             await enqueue(self.store, self.celery, records[start:start + ENQUEUE_CHUNK],
                           batch_id)
-        if not records:
-            await self.store.close_empty_batch(batch_id)
+        await self.store.seal_batch(batch_id)
         return AsyncBatch(self.store, batch_id), parsed.errors
 
     def batch(self, batch_id: str) -> AsyncBatch:

@@ -232,7 +232,9 @@ async def enqueue(
 
 
 async def cancel_batch(store: JobStore, batch_id: str) -> int:
-    """Cancel every job of a batch that is not final yet; returns how many were."""
+    """Cancel every job of a batch that is not final yet; returns how many were. The batch
+    is sealed too: one whose producer died while adding jobs would never finish."""
     ids = await store.batch_job_ids(batch_id)
     results = await asyncio.gather(*(store.cancel(job_id) for job_id in ids))
+    await store.seal_batch(batch_id)
     return sum(results)

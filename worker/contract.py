@@ -148,6 +148,7 @@ class BatchRecord(BaseModel):
     finished_at: float | None = None
     name: str | None = None  # e.g. the input file's name
     invalid: int = 0  # input lines refused at submission (not in total)
+    submitting: bool = False  # its producer is still adding jobs (it cannot finish yet)
 
     @property
     def done(self) -> int:
@@ -169,6 +170,7 @@ class BatchRecord(BaseModel):
                 "finished_at": fields.get("finished_at"),
                 "name": fields.get("name"),
                 "invalid": fields.get("invalid", 0),
+                "submitting": fields.get("sealed") == "0",
             }
         )
 

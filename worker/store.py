@@ -114,6 +114,7 @@ class JobStore:
         self._claim = redis.register_script(_lua("claim_job.lua"))
         self._renew = redis.register_script(_lua("renew_job.lua"))
         self._append = redis.register_script(_lua("append_chunks.lua", common=False))
+        self._seal = redis.register_script(_lua("seal_batch.lua"))
         self._batch_templates = [
             keys.batch(_ID_SLOT),
             keys.batch_jobs(_ID_SLOT),
@@ -168,13 +169,14 @@ class JobStore:
 
     async def open_batch(self, batch_id: str, name: str | None, invalid: Sequence[str]) -> None:
         """Register a batch before its jobs: its name, the input lines refused (JSON
-        error lines), and its place in the index. A batch with nothing to run is finished
-        at once."""
+        error lines), and its place in the index. It cannot finish until `seal_batch`:
+        jobs added in several rounds could otherwise all end before the next round."""
         key = self.keys.batch(batch_id)
         now = time.time()
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(key, mapping={"created_at": str(now), "invalid": str(len(invalid)),
-                                    "total": "0", "status": BatchStatus.IN_PROGRESS.value})
+                                    "total": "0", "status": BatchStatus.IN_PROGRESS.value,
+                                    "sealed": "0"})
             if name:
                 pipe.hset(key, "name", name)
             if invalid:
@@ -184,14 +186,12 @@ class JobStore:
             pipe.zremrangebyscore(self.keys.batches(), 0, now - 2 * self.retention_s)
             await pipe.execute()
 
-    async def close_empty_batch(self, batch_id: str) -> None:
-        """A batch whose every line was refused is finished (and expires like others)."""
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self.keys.batch(batch_id), mapping={
-                "status": BatchStatus.FINISHED.value, "finished_at": str(time.time())})
-            for template in self._batch_templates:
-                pipe.expire(template.replace(_ID_SLOT, batch_id), self.retention_s)
-            await pipe.execute()
+    async def seal_batch(self, batch_id: str) -> bool:
+        """Every job of the batch is added: it finishes now if they have all ended (or it
+        has none), else with its last one. False if there is no such batch."""
+        args: list[EncodableT] = [batch_id, time.time(), self.retention_s,
+                                  *self._batch_templates]
+        return bool(await self._seal(keys=[self.keys.batch(batch_id)], args=args))
 
     async def invalid_lines(self, batch_id: str) -> list[str]:
         lines = await self._redis.lrange(self.keys.batch_invalid(batch_id), 0, -1)

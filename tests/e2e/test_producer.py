@@ -97,6 +97,19 @@ def test_batch_with_invalid_lines_runs_the_valid_ones(
     assert [json.loads(line)["error"]["line"] for line in errors.stdout.splitlines()] == [6, 11, 33]
 
 
+def test_a_batch_of_only_invalid_lines_ends_at_once(
+    stack: LocalStack, client: Client, tmp_path: Path
+) -> None:
+    proxy = new_proxy(client)
+    path = batch_file(tmp_path, ["{not json", "[]"])
+    result = mpq(stack, "batch", "submit", str(path), "--proxy", proxy, "--wait")
+    assert result.returncode == 1, result.stderr  # every line was refused
+    batch_id = result.stdout.split()[1]
+    info = client.batch(batch_id).info()
+    assert (info.status.value, info.total, info.invalid, info.submitting) == (
+        "finished", 0, 2, False)
+
+
 def test_strict_refuses_the_whole_file(stack: LocalStack, client: Client,
                                        tmp_path: Path) -> None:
     proxy = new_proxy(client)

@@ -225,6 +225,61 @@ async def test_retention_ttl_applied_at_finish(
         assert 0 < await client.ttl(key) <= RETENTION_S
 
 
+async def _status(store: JobStore, batch_id: str) -> BatchStatus:
+    batch = await store.batch(batch_id)
+    assert batch is not None
+    return batch.status
+
+
+async def _finish_all(store: JobStore, jobs: list[JobRecord]) -> None:
+    for job in jobs:
+        assert await store.finish(job.id, 1, JobStatus.SUCCEEDED, result={})
+
+
+async def test_an_opened_batch_finishes_only_once_sealed(
+    store: JobStore, client: aioredis.Redis, keys: Keys
+) -> None:
+    await store.open_batch("b1", "input.jsonl", [])
+    await _finish_all(store, await store.create_jobs(_records(2), batch_id="b1"))
+    # Every job so far has ended, but the producer is still adding: not finished.
+    batch = await store.batch("b1")
+    assert batch is not None
+    assert (batch.status, batch.done, batch.submitting) == (BatchStatus.IN_PROGRESS, 2, True)
+    assert await client.ttl(keys.batch("b1")) == -1
+    await _finish_all(store, await store.create_jobs(_records(1), batch_id="b1"))
+    assert await _status(store, "b1") == BatchStatus.IN_PROGRESS
+    assert await store.seal_batch("b1")
+    batch = await store.batch("b1")
+    assert batch is not None
+    assert (batch.status, batch.total, batch.submitting) == (BatchStatus.FINISHED, 3, False)
+    assert batch.finished_at is not None
+    for key in (keys.batch("b1"), keys.batch_jobs("b1"), keys.batch_events("b1")):
+        assert 0 < await client.ttl(key) <= RETENTION_S
+
+
+async def test_a_sealed_batch_finishes_with_its_last_job(store: JobStore) -> None:
+    await store.open_batch("b1", None, [])
+    first, second = await store.create_jobs(_records(2), batch_id="b1")
+    assert await store.seal_batch("b1")
+    await _finish_all(store, [first])
+    assert await _status(store, "b1") == BatchStatus.IN_PROGRESS
+    await _finish_all(store, [second])
+    assert await _status(store, "b1") == BatchStatus.FINISHED
+
+
+async def test_sealing_a_batch_without_jobs_finishes_it(
+    store: JobStore, client: aioredis.Redis, keys: Keys
+) -> None:
+    await store.open_batch("b1", None, ['{"error": "line 1"}'])
+    assert await store.seal_batch("b1")
+    batch = await store.batch("b1")
+    assert batch is not None
+    assert (batch.status, batch.total, batch.invalid) == (BatchStatus.FINISHED, 0, 1)
+    assert 0 < await client.ttl(keys.batch_invalid("b1")) <= RETENTION_S
+    assert not await store.seal_batch("missing")
+    assert await store.batch("missing") is None
+
+
 async def test_chunks_in_order(store: JobStore) -> None:
     [job] = await store.create_jobs(_records(1))
     deltas = [ChunkEntry(attempt=1, seq=i, kind="delta", data=f'"t{i}"') for i in range(40)]

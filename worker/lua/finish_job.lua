@@ -25,18 +25,10 @@ if not job.batch_id then
   return 1
 end
 
-local batch_key = fill(templates[1], job.batch_id)
-move_count(batch_key, job.status, status)
+move_count(fill(templates[1], job.batch_id), job.status, status)
 redis.call('XADD', fill(templates[3], job.batch_id), '*',
   'job_id', job_id, 'status', status, 'attempt', attempt)
 
 -- The last job to finish closes the batch and starts its retention clock.
-local b = redis.call('HMGET', batch_key, 'total', 'succeeded', 'failed', 'cancelled')
-local done = (tonumber(b[2]) or 0) + (tonumber(b[3]) or 0) + (tonumber(b[4]) or 0)
-if done >= (tonumber(b[1]) or 0) then
-  redis.call('HSET', batch_key, 'status', 'finished', 'finished_at', now)
-  for _, template in ipairs(templates) do
-    redis.call('EXPIRE', fill(template, job.batch_id), ttl)
-  end
-end
+close_batch_if_done(job.batch_id, templates, now, ttl)
 return 1

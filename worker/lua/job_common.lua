@@ -53,3 +53,23 @@ local function write_job(job_key, job, status, attempt, error_item, first_pair)
     redis.call('HSET', job_key, 'errors', append_json(job.errors, error_item))
   end
 end
+
+-- Closes a batch whose every job has ended and starts the retention clock of its keys
+-- (templates: batch, batch jobs, batch events, batch invalid). Not while its producer
+-- is still adding jobs ('sealed' is '0' from open_batch until seal_batch; a batch made
+-- without open_batch has no such field and closes as soon as its jobs are done).
+local function close_batch_if_done(batch_id, templates, now, ttl)
+  local batch_key = fill(templates[1], batch_id)
+  local b = redis.call('HMGET', batch_key, 'total', 'succeeded', 'failed', 'cancelled',
+    'sealed')
+  if b[5] == '0' then
+    return
+  end
+  local done = (tonumber(b[2]) or 0) + (tonumber(b[3]) or 0) + (tonumber(b[4]) or 0)
+  if done >= (tonumber(b[1]) or 0) then
+    redis.call('HSET', batch_key, 'status', 'finished', 'finished_at', now)
+    for _, template in ipairs(templates) do
+      redis.call('EXPIRE', fill(template, batch_id), ttl)
+    end
+  end
+end
