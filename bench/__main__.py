@@ -41,6 +41,9 @@ def throughput_rows(r: dict[str, Any]) -> list[Row]:
     return [
         Row(name, f"{run['rate']:.0f} jobs/s", limit, f"{r['ratio']:.2f}",
             f">= {throughput.TARGET}", verdict(r["ratio"] >= throughput.TARGET)),
+        Row(f"throughput: Celery tasks that only sleep {run['latency_s']:g} s",
+            f"{r['celery_sleeping_rate']:.0f} tasks/s", f"{r['limit']:.0f}/s",
+            f"{r['celery_sleeping_rate'] / r['limit']:.2f}", "", INFO),
         Row("throughput: worker CPU per job", f"{run['cpu_ms_per_job']:.2f} ms",
             f"{1000 / run['cpu_ms_per_job']:.0f} jobs/s per core", "", "", INFO),
         Row(f"{big_name}: peak in flight", str(big["peak_in_flight"]), str(big["slots"]),

@@ -13,6 +13,10 @@ Limit, each part measured in this run on this machine, the smallest wins:
   from the first message taken to the last one acknowledged.
 Target: rate / limit >= 0.8.
 
+For reference (no target): the same Celery worker draining the same number of tasks that
+only sleep as long as the emulator's latency: what Celery's thread pool makes of 1-s tasks
+with no Redis, no HTTP and no work of ours.
+
 Also: the worker's CPU time per job (utime + stime of the worker process from
 /proc/<pid>/stat, from the start of the enqueue to the last job's end), and its peak RSS
 (VmHWM from /proc/<pid>/status) in a second run of 2,000 jobs with 1,000 slots and 8 s per
@@ -56,7 +60,7 @@ from bench.harness import (
     worker_environment,
     worker_process,
 )
-from bench.noop_app import NOOP_TASK, create_noop_app
+from bench.noop_app import NOOP_TASK, SLEEP_TASK, create_noop_app
 from producer.submit import enqueue
 from worker.app import INFERENCE_QUEUE, create_app
 from worker.contract import JobStatus
@@ -120,18 +124,19 @@ async def emulator_capacity(url: str, proxy: str, concurrency: int, requests: in
 
 
 def noop_rate(redis_url: str, emulator_url: str, tasks: int, slots: int,
-              ) -> tuple[float, float]:
+              sleep_s: float | None = None) -> tuple[float, float]:
     """Tasks/s of a `bench.noop_app` worker draining `tasks` messages queued beforehand,
-    and its CPU ms per task.
+    and its CPU ms per task: no-op tasks, or with `sleep_s` tasks that sleep that long.
 
     Timed from the first message taken off the queue to the moment the queue and the
     unacked set are both empty (several polls in a row: a message is off the list a moment
     before it is in the unacked set)."""
     settings = bench_settings(redis_url)
     sender = create_noop_app(settings)
+    name, extra = (NOOP_TASK, []) if sleep_s is None else (SLEEP_TASK, [sleep_s])
     with sender.producer_or_acquire() as producer:
         for i in range(tasks):
-            sender.send_task(NOOP_TASK, args=[f"job-{i}"], producer=producer)
+            sender.send_task(name, args=[f"job-{i}", *extra], producer=producer)
     queue = f"{settings.key_prefix}broker:{INFERENCE_QUEUE}"
     unacked = f"{settings.key_prefix}broker:unacked"
     client = redis.Redis.from_url(redis_url)
@@ -250,6 +255,8 @@ async def measure(jobs: int = DEFAULT_JOBS, slots: int = DEFAULT_SLOTS,
         capacity = await emulator_capacity(emulator_url, proxy, slots, jobs)
         celery_rate, noop_cpu_ms = await asyncio.to_thread(
             noop_rate, redis_url, emulator_url, jobs, slots)
+        sleeping_rate, _ = await asyncio.to_thread(
+            noop_rate, redis_url, emulator_url, jobs, slots, latency_s)
         run = await mpq_run(redis_url, emulator_url, proxy, slots, jobs, latency_s)
         big = await mpq_run(redis_url, emulator_url, proxy, big_slots, 2 * big_slots,
                             big_latency_s)
@@ -257,7 +264,8 @@ async def measure(jobs: int = DEFAULT_JOBS, slots: int = DEFAULT_SLOTS,
     limit = min(slot_limit, capacity, celery_rate)
     return {"run": asdict(run), "big": asdict(big), "slot_limit": slot_limit,
             "emulator_capacity": capacity, "celery_noop_rate": celery_rate,
-            "celery_noop_cpu_ms_per_task": noop_cpu_ms, "limit": limit,
+            "celery_noop_cpu_ms_per_task": noop_cpu_ms, "celery_sleeping_rate": sleeping_rate,
+            "limit": limit,
             "ratio": run.rate / limit, "target": TARGET}
 
 
@@ -276,6 +284,8 @@ def report(result: dict[str, Any]) -> None:
               f"{row['peak_in_flight']:>14} {row['cpu_ms_per_job']:>10.2f} "
               f"{row['peak_rss_mb']:>11.0f} {row['service_p50_s']:>9.2f} "
               f"{row['service_p99_s']:>9.2f}")
+    print(f"for reference: Celery tasks that only sleep {run['latency_s']:g} s, "
+          f"{run['slots']} slots: {result['celery_sleeping_rate']:.0f}/s")
     verdict = "pass" if result["ratio"] >= TARGET else "FAIL"
     print(f"throughput {run['rate']:.0f} jobs/s / limit {result['limit']:.0f}/s = "
           f"{result['ratio']:.2f} (target >= {TARGET}) {verdict}")
