@@ -136,6 +136,7 @@ class AsyncJob:
 
     async def _events(self, follow: Follow) -> AsyncIterator[StreamEvent]:
         attempt_seen = 0
+        delivered = follow.position  # the last entry yielded
         while True:
             entries = await follow.read(STREAM_BLOCK_S)
             for entry_id, fields in entries:
@@ -143,15 +144,18 @@ class AsyncJob:
                 if attempt_seen and entry.attempt > attempt_seen:
                     yield StreamEvent(entry_id, entry.attempt, "restart")
                 attempt_seen = max(attempt_seen, entry.attempt)
+                delivered = entry_id
                 yield _event(entry_id, entry)
                 if entry.kind == "done":
                     return
             if entries:
                 continue
             # Quiet for a while: stop once the job has ended and nothing is left to read.
+            # From what was yielded, not from the follow's position: entries that reached
+            # the follow while the record was loaded are not yielded yet.
             record = await self._store.load(self.id)
             ended = record is None or record.status in FINAL
-            if ended and await self._drained(follow.position):
+            if ended and await self._drained(delivered):
                 return
 
     async def _drained(self, last_id: str) -> bool:

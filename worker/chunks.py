@@ -70,7 +70,8 @@ class ChunkSink:
 
 
 class ChunkWriter:
-    """Appends one attempt's entries (`delta` …, then `done` or `error`) in order."""
+    """Appends one attempt's entries in order: `delta` …, then `error`, or a `done` that
+    the job's final write adds (`last`)."""
 
     def __init__(self, sink: ChunkSink, job_id: str, attempt: int) -> None:
         self._sink = sink
@@ -84,9 +85,10 @@ class ChunkWriter:
     def delta(self, data: dict[str, Any]) -> None:
         self._add("delta", data)
 
-    async def done(self, data: dict[str, Any]) -> None:
-        self._add("done", data)
-        await self.close()
+    def last(self, data: dict[str, Any]) -> ChunkEntry:
+        """The `done` entry after everything added so far, not written: the job's final
+        write carries it (`JobStore.finish`)."""
+        return self._entry("done", data)
 
     async def error(self, message: str) -> None:
         self._add("error", {"error": message})
@@ -101,10 +103,13 @@ class ChunkWriter:
             raise self.failure
 
     def _add(self, kind: ChunkKind, data: dict[str, Any]) -> None:
+        self._last_write = self._sink.add(self, self._entry(kind, data))
+
+    def _entry(self, kind: ChunkKind, data: dict[str, Any]) -> ChunkEntry:
         # Not validated again: the fields are ours, and this runs for every chunk.
         entry = ChunkEntry.model_construct(
             attempt=self._attempt, seq=self._seq, kind=kind,
             data=json.dumps(data, separators=(",", ":")),
         )
         self._seq += 1
-        self._last_write = self._sink.add(self, entry)
+        return entry

@@ -7,6 +7,7 @@ Streamed chunks go to the job's Redis stream as they arrive.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from modelproxy.errors import ConflictError
 from modelproxy.inference import ChatCompletionChunk, ResponseStreamEvent
 from modelproxy.sse import RESPONSE_END_EVENTS
 from worker.chunks import ChunkWriter
-from worker.contract import JobKind, JobRecord
+from worker.contract import ChunkEntry, JobKind, JobRecord
 from worker.proxy_cache import CachedProxy
 from worker.ratelimit import Limits, Permit, estimate_tokens, merge_limits
 from worker.runtime import Runtime
@@ -42,16 +43,19 @@ class ProxyNotReady(ConflictError):
 
 
 @dataclass(frozen=True)
-class InferenceResult:
+class JobResult:
+    """What a successful attempt hands to the job's final write."""
+
     result: dict[str, Any]
-    usage: dict[str, Any] | None
+    usage: dict[str, Any] | None = None
+    last_chunk: ChunkEntry | None = None  # a stream's `done`, written with the final state
 
 
 def limiter_key(rt: Runtime, proxy: str) -> str:
     return rt.keys.ratelimit(proxy, "limits")
 
 
-async def run_inference(rt: Runtime, job: JobRecord, attempt: int) -> InferenceResult:
+async def run_inference(rt: Runtime, job: JobRecord, attempt: int) -> JobResult:
     proxy = await rt.cache.get(job.proxy)
     if proxy.status in TRANSITIONAL:
         await rt.cache.invalidate(job.proxy)
@@ -76,7 +80,7 @@ async def run_inference(rt: Runtime, job: JobRecord, attempt: int) -> InferenceR
         rt.metrics.permit_requeued(proxy.name, time.monotonic() - asked)
         raise NoPermit(permit.wait_s, permit.reason)
     rt.metrics.permit(proxy.name, time.monotonic() - asked)
-    outcome: InferenceResult | None = None
+    outcome: JobResult | None = None
     try:
         outcome = await _call(rt, job, attempt, proxy.name, body)
         return outcome
@@ -103,30 +107,31 @@ def _total_tokens(usage: dict[str, Any] | None) -> int | None:
 
 async def _call(
     rt: Runtime, job: JobRecord, attempt: int, proxy: str, body: dict[str, Any]
-) -> InferenceResult:
+) -> JobResult:
     data = DataAPI(proxy, rt.config)
     if not body.get("stream"):
         if job.kind == JobKind.CHAT:
             reply = (await data.chat(body)).model_dump(exclude_none=True)
         else:
             reply = (await data.responses(body)).model_dump(exclude_none=True)
-        return InferenceResult(reply, reply.get("usage"))
+        return JobResult(reply, reply.get("usage"))
     writer = rt.chunks.writer(job.id, attempt)
     try:
         if job.kind == JobKind.CHAT:
             result = await _stream_chat(data.chat_stream(body), writer)
         else:
             result = await _stream_responses(data.responses_stream(body), writer)
+        await writer.close()  # every delta is in before the final state and its `done`
     except BaseException as exc:
         await writer.error(str(exc) or type(exc).__name__)
         rt.metrics.stream_chunks(proxy, writer.written)
         raise
-    await writer.done({"finish_reason": _finish_reason(result), "usage": result.usage})
-    rt.metrics.stream_chunks(proxy, writer.written)
-    return result
+    rt.metrics.stream_chunks(proxy, writer.written + 1)
+    done = writer.last({"finish_reason": _finish_reason(result), "usage": result.usage})
+    return dataclasses.replace(result, last_chunk=done)
 
 
-def _finish_reason(result: InferenceResult) -> str | None:
+def _finish_reason(result: JobResult) -> str | None:
     choices = result.result.get("choices") or [{}]
     reason = choices[0].get("finish_reason")
     return str(reason) if reason else result.result.get("status")
@@ -134,7 +139,7 @@ def _finish_reason(result: InferenceResult) -> str | None:
 
 async def _stream_chat(
     chunks: AsyncIterator[ChatCompletionChunk], writer: ChunkWriter
-) -> InferenceResult:
+) -> JobResult:
     text: list[str] = []
     last: ChatCompletionChunk | None = None
     finish_reason: str | None = None
@@ -156,16 +161,16 @@ async def _stream_chat(
                      "message": {"role": "assistant", "content": "".join(text)}}],
         "usage": usage,
     }
-    return InferenceResult(result, usage)
+    return JobResult(result, usage)
 
 
 async def _stream_responses(
     events: AsyncIterator[ResponseStreamEvent], writer: ChunkWriter
-) -> InferenceResult:
+) -> JobResult:
     final: dict[str, Any] = {}
     async for event in events:
         if event.text:
             writer.delta({"text": event.text})
         if event.response is not None and event.type in RESPONSE_END_EVENTS:
             final = event.response.model_dump(exclude_none=True)
-    return InferenceResult(final, final.get("usage"))
+    return JobResult(final, final.get("usage"))

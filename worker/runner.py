@@ -6,13 +6,13 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import ValidationError
 
 from modelproxy.errors import ModelProxyError, RateLimitedError
 from worker.contract import JobKind, JobRecord, JobStatus
-from worker.inference import NoPermit, limiter_key, run_inference
+from worker.inference import JobResult, NoPermit, limiter_key, run_inference
 from worker.lease import AttemptStopped
 from worker.management import run_management
 from worker.retry import describe, retry_after_s, retry_delay_s, should_retry
@@ -56,8 +56,7 @@ async def run_job(rt: Runtime, job_id: str) -> Outcome:
 
 async def _attempt(rt: Runtime, job: JobRecord, claim: Claim) -> Outcome:
     try:
-        result, usage = await rt.leases.run(job.id, claim.attempt,
-                                            _execute(rt, job, claim.attempt))
+        done = await rt.leases.run(job.id, claim.attempt, _execute(rt, job, claim.attempt))
     except AttemptStopped:
         return Outcome("skip", "stopped", message="cancelled or superseded while running")
     except NoPermit as wait:
@@ -68,19 +67,16 @@ async def _attempt(rt: Runtime, job: JobRecord, claim: Claim) -> Outcome:
     except Exception as exc:
         logger.exception("job %s: unexpected error", job.id)
         return await _failed(rt, job, claim, exc)
-    await rt.store.finish(job.id, claim.attempt, JobStatus.SUCCEEDED, result=result,
-                          usage=usage)
-    rt.metrics.tokens(job.proxy, usage)
+    await rt.store.finish(job.id, claim.attempt, JobStatus.SUCCEEDED, result=done.result,
+                          usage=done.usage, last_chunk=done.last_chunk)
+    rt.metrics.tokens(job.proxy, done.usage)
     return Outcome("done", JobStatus.SUCCEEDED.value)
 
 
-async def _execute(
-    rt: Runtime, job: JobRecord, attempt: int
-) -> tuple[dict[str, Any], dict[str, Any] | None]:
+async def _execute(rt: Runtime, job: JobRecord, attempt: int) -> JobResult:
     if JobKind(job.kind).is_management:
-        return await run_management(rt, job), None
-    outcome = await run_inference(rt, job, attempt)
-    return outcome.result, outcome.usage
+        return JobResult(await run_management(rt, job))
+    return await run_inference(rt, job, attempt)
 
 
 async def _failed(rt: Runtime, job: JobRecord, claim: Claim, exc: BaseException) -> Outcome:

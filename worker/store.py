@@ -277,12 +277,16 @@ class JobStore:
         result: dict[str, Any] | None = None,
         error: str | None = None,
         usage: dict[str, Any] | None = None,
+        last_chunk: ChunkEntry | None = None,
     ) -> bool:
-        """Write the final state; True only for the one call that wrote it."""
+        """Write the final state; True only for the one call that wrote it. `last_chunk`
+        (a stream's `done`) goes to the job's chunk stream in the same step, and only then."""
         if status not in FINAL:
             raise ValueError(f"finish needs a final status, not {status!r}")
         fields = {"result": _json(result), "error": error, "usage": _json(usage)}
-        return await self._finish_job(job_id, str(attempt), status, error, fields)
+        entry = _pairs(last_chunk.to_redis()) if last_chunk else []
+        return await self._finish_job(job_id, str(attempt), status, error, fields,
+                                      entry=entry)
 
     async def cancel(self, job_id: str) -> bool:
         """Make the job ``cancelled`` unless it is final already; any attempt."""
@@ -315,10 +319,13 @@ class JobStore:
         status: JobStatus,
         error: str | None,
         fields: Mapping[str, str | None],
+        *,
+        entry: Sequence[str] = (),
     ) -> bool:
         keys = [self.keys.job(job_id), self.keys.job_chunks(job_id), self.keys.open_jobs()]
         args: list[EncodableT] = [job_id, attempt, status.value, time.time(), self.retention_s]
-        args += [*self._batch_templates, _json(error) or "", *_pairs(fields)]
+        args += [*self._batch_templates, _json(error) or "", len(entry), *entry,
+                 *_pairs(fields)]
         return bool(await self._finish(keys=keys, args=args))
 
     # -- streams ----------------------------------------------------------------

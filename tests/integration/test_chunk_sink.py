@@ -50,13 +50,13 @@ async def test_streams_keep_their_order_across_many_writes(store: JobStore) -> N
             writer.delta({"text": f"{job_id}-{i}"})
             if i % 3 == 0:
                 await asyncio.sleep(0)  # later entries land in later writes
-        await writer.done({"finish_reason": "stop"})
+        await writer.error("cut")
         assert writer.written == count + 1
 
     jobs = {f"job{n}": 20 + 7 * n for n in range(12)}
     await asyncio.gather(*(stream(job_id, count) for job_id, count in jobs.items()))
     for job_id, count in jobs.items():
-        expected = [(i, f"{job_id}-{i}") for i in range(count)] + [(count, "done")]
+        expected = [(i, f"{job_id}-{i}") for i in range(count)] + [(count, "error")]
         assert await _texts(store, job_id) == expected
 
 
@@ -66,7 +66,7 @@ async def test_one_iterations_entries_go_in_one_script_call() -> None:
         store = _store(client)
         sink = ChunkSink(store)
         warm_up = sink.writer("warm-up", attempt=1)
-        await warm_up.done({})  # loads the script: from now on one call is one EVALSHA
+        await warm_up.error("")  # loads the script: from now on one call is one EVALSHA
         counter = redis.Redis.from_url(url)
         before = counter.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
         writers = [sink.writer(f"job{n}", attempt=2) for n in range(50)]

@@ -280,6 +280,25 @@ async def test_sealing_a_batch_without_jobs_finishes_it(
     assert await store.batch("missing") is None
 
 
+async def test_a_streams_done_entry_comes_with_the_final_state(store: JobStore) -> None:
+    [job] = await store.create_jobs(_records(1))
+    await store.append_chunks(job.id, [ChunkEntry(attempt=2, seq=0, kind="delta", data='"a"')])
+    done = ChunkEntry(attempt=2, seq=1, kind="done", data='{"finish_reason":"stop"}')
+    assert await store.mark_running(job.id, 2, "w1")
+    # A stale attempt's final write is refused, and its `done` with it.
+    stale = ChunkEntry(attempt=1, seq=0, kind="done")
+    assert not await store.finish(job.id, 1, JobStatus.SUCCEEDED, result={}, last_chunk=stale)
+    assert await store.finish(job.id, 2, JobStatus.SUCCEEDED, result={"ok": 1}, last_chunk=done)
+    read = [entry for _, entry in await store.read_chunks(job.id)]
+    assert [(e.seq, e.kind) for e in read] == [(0, "delta"), (1, "done")]
+    assert read[1].payload() == {"finish_reason": "stop"}
+    record = await store.load(job.id)
+    assert record is not None
+    assert (record.status, record.result) == (JobStatus.SUCCEEDED, {"ok": 1})
+    assert not await store.finish(job.id, 2, JobStatus.SUCCEEDED, result={}, last_chunk=done)
+    assert len(await store.read_chunks(job.id)) == 2
+
+
 async def test_chunks_in_order(store: JobStore) -> None:
     [job] = await store.create_jobs(_records(1))
     deltas = [ChunkEntry(attempt=1, seq=i, kind="delta", data=f'"t{i}"') for i in range(40)]

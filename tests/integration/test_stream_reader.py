@@ -14,8 +14,10 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from producer import jobs
+from producer.jobs import AsyncJob
 from producer.stream_reader import StreamReader
-from worker.contract import ChunkEntry
+from worker.contract import ChunkEntry, JobKind, JobRecord, JobStatus
 from worker.embedded_redis import free_port
 from worker.keys import Keys
 from worker.runtime import redis_client
@@ -129,3 +131,23 @@ async def test_followers_hear_of_a_lost_server() -> None:
     finally:
         await reader.aclose()
         await client.aclose()
+
+
+async def test_a_job_that_ended_while_its_first_read_waited_streams_everything(
+    store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first read comes back empty, the entries reach the follow while the record is
+    loaded, and the record is final by then: the stream must still yield them all (it
+    once judged "drained" from the follow's position and ended with nothing)."""
+    monkeypatch.setattr(jobs, "STREAM_BLOCK_S", 0.0)  # every read returns at once
+    [record] = await store.create_jobs([JobRecord(kind=JobKind.CHAT, proxy="p", request={})])
+    await store.append_chunks(record.id, [_entry(seq) for seq in range(3)])
+    done = ChunkEntry(attempt=1, seq=3, kind="done", data="{}")
+    assert await store.finish(record.id, 1, JobStatus.SUCCEEDED, result={}, last_chunk=done)
+    for _ in range(5):  # the race is likely, not certain, on each try: the fix makes it moot
+        reader = StreamReader(store)
+        try:
+            events = [event async for event in AsyncJob(store, record.id, reader).stream()]
+        finally:
+            await reader.aclose()
+        assert [event.kind for event in events] == ["delta"] * 3 + ["done"]

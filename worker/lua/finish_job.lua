@@ -2,11 +2,14 @@
 -- KEYS[1]  job hash        KEYS[2]  the job's chunk stream   KEYS[3]  open-jobs index
 -- ARGV     job id, attempt ('' = not fenced: a cancel), final status, now,
 --          retention_s, batch / batch jobs / batch events / batch invalid key templates,
---          error as a JSON string or '', then field/value pairs to set
+--          error as a JSON string or '', m, then m field/value items of a last entry for
+--          the chunk stream (a stream's `done`: m = 0 for none), then field/value pairs
+--          to set
 -- Returns 1 if this call wrote the final state, 0 if refused.
 local job_key, chunks_key = KEYS[1], KEYS[2]
 local job_id, attempt, status, now, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local templates = {ARGV[6], ARGV[7], ARGV[8], ARGV[9]}
+local entry_items = tonumber(ARGV[11])
 local job = load_job(job_key)
 
 if attempt == '' then
@@ -16,10 +19,14 @@ if refused(job, attempt) then
   return 0
 end
 
-write_job(job_key, job, status, attempt, ARGV[10], 11)
+write_job(job_key, job, status, attempt, ARGV[10], 12 + entry_items)
 redis.call('ZREM', KEYS[3], job_id)
 redis.call('HSET', job_key, 'finished_at', now)
 redis.call('EXPIRE', job_key, ttl)
+-- With the final state, so a consumer that reads `done` finds the job final.
+if entry_items > 0 then
+  redis.call('XADD', chunks_key, '*', unpack(ARGV, 12, 11 + entry_items))
+end
 redis.call('EXPIRE', chunks_key, ttl)
 if not job.batch_id then
   return 1
