@@ -28,7 +28,6 @@ from worker.runtime import REDIS_RETRIES, redis_client
 from worker.settings import Settings
 from worker.store import JobStore
 
-ENQUEUE_CHUNK = 5000  # lines per round of writes: workers start while the rest goes in
 REDIS_CONNECTIONS_MAX = 1024
 JSON_SEPARATORS = (",", ":")
 
@@ -148,9 +147,7 @@ class AsyncClient:
         batch_id = new_id()
         invalid = [_json(error_line_for_invalid(error)) for error in parsed.errors]
         await self.store.open_batch(batch_id, name, invalid)
-        for start in range(0, len(records), ENQUEUE_CHUNK):
-            await enqueue(self.store, self.celery, records[start:start + ENQUEUE_CHUNK],
-                          batch_id)
+        await enqueue(self.store, self.celery, records, batch_id)
         await self.store.seal_batch(batch_id)
         return AsyncBatch(self.store, batch_id), parsed.errors
 

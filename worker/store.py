@@ -186,6 +186,16 @@ class JobStore:
             pipe.zremrangebyscore(self.keys.batches(), 0, now - 2 * self.retention_s)
             await pipe.execute()
 
+    async def hold_batch(self, batch_id: str) -> bool:
+        """Keep the batch from finishing until `seal_batch`, unless someone holds it already
+        (an `open_batch` not sealed yet). True if this call took the hold."""
+        key = self.keys.batch(batch_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hget(key, "sealed")
+            pipe.hset(key, "sealed", "0")
+            held_before, _ = await pipe.execute()
+        return _text(held_before or "") != "0"
+
     async def seal_batch(self, batch_id: str) -> bool:
         """Every job of the batch is added: it finishes now if they have all ended (or it
         has none), else with its last one. False if there is no such batch."""

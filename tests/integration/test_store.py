@@ -267,6 +267,16 @@ async def test_a_sealed_batch_finishes_with_its_last_job(store: JobStore) -> Non
     assert await _status(store, "b1") == BatchStatus.FINISHED
 
 
+async def test_a_hold_keeps_a_batch_open_and_is_taken_once(store: JobStore) -> None:
+    assert await store.hold_batch("b1")  # a batch made by rounds of create_jobs
+    await _finish_all(store, await store.create_jobs(_records(2), batch_id="b1"))
+    assert await _status(store, "b1") == BatchStatus.IN_PROGRESS
+    assert await store.seal_batch("b1")
+    assert await _status(store, "b1") == BatchStatus.FINISHED
+    await store.open_batch("b2", None, [])
+    assert not await store.hold_batch("b2")  # its producer holds it until it seals it
+
+
 async def test_sealing_a_batch_without_jobs_finishes_it(
     store: JobStore, client: aioredis.Redis, keys: Keys
 ) -> None:
