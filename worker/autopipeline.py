@@ -28,12 +28,17 @@ _execute_alone: Callable[..., Awaitable[Any]] = aioredis.Redis.execute_command
 Queued = tuple[tuple[Any, ...], dict[str, Any], "asyncio.Future[Any]"]
 
 
+def _word(arg: Any) -> str:
+    """A command's name or option as upper-case text (redis-py passes some as bytes)."""
+    return (arg.decode(errors="replace") if isinstance(arg, bytes) else str(arg)).upper()
+
+
 def _blocking(args: tuple[Any, ...]) -> bool:
-    name = str(args[0]).upper()
+    name = _word(args[0])
     if name in ("XREAD", "XREADGROUP"):
         # Options come before STREAMS; the keys and ids after it can be hundreds.
         for arg in args[1:]:
-            option = str(arg).upper()
+            option = _word(arg)
             if option in ("BLOCK", "STREAMS"):
                 return option == "BLOCK"
         return False
