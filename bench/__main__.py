@@ -109,7 +109,8 @@ def enqueue_rows(r: dict[str, Any]) -> list[Row]:
     limit = f"{r['lines'] / r['limit_s']:.0f} lines/s (raw pipelined writes)"
     return [
         Row(f"enqueue: {r['lines']} lines", f"{r['lines'] / r['enqueue_s']:.0f} lines/s",
-            limit, f"{r['ratio']:.2f}", "", INFO),
+            limit, f"{r['ratio']:.2f}", f">= {enqueue.TARGET_LINES_PER_S} lines/s",
+            verdict(r["lines"] / r["enqueue_s"] >= enqueue.TARGET_LINES_PER_S)),
         Row("enqueue: the send_task loop", f"{r['lines'] / r['send_task_loop_s']:.0f} lines/s",
             limit, f"{r['limit_s'] / r['send_task_loop_s']:.2f}", "", INFO),
     ]
