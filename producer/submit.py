@@ -232,10 +232,12 @@ async def enqueue(
     """Store the records and publish them in rounds: workers start on the first round while
     the others go in (a record always exists before its message).
 
-    A batch cannot finish before the last round is in: it is held open meanwhile, unless
-    its producer holds it already (`open_batch`, then `seal_batch` after the last call).
+    A batch cannot finish before the last round is in: with more than one round it is held
+    open meanwhile, unless its producer holds it already (`open_batch`, then `seal_batch`
+    after the last call). One round is written atomically and needs no hold.
     """
-    held = batch_id is not None and await store.hold_batch(batch_id)
+    several_rounds = len(records) > ENQUEUE_FIRST_ROUND
+    held = batch_id is not None and several_rounds and await store.hold_batch(batch_id)
     stored: list[JobRecord] = []
     size = ENQUEUE_FIRST_ROUND
     while len(stored) < len(records):

@@ -56,7 +56,8 @@ async def run_job(rt: Runtime, job_id: str) -> Outcome:
 
 async def _attempt(rt: Runtime, job: JobRecord, claim: Claim) -> Outcome:
     try:
-        done = await rt.leases.run(job.id, claim.attempt, _execute(rt, job, claim.attempt))
+        succeeded = await rt.leases.run(job.id, claim.attempt,
+                                        _execute(rt, job, claim.attempt))
     except AttemptStopped:
         return Outcome("skip", "stopped", message="cancelled or superseded while running")
     except NoPermit as wait:
@@ -67,9 +68,10 @@ async def _attempt(rt: Runtime, job: JobRecord, claim: Claim) -> Outcome:
     except Exception as exc:
         logger.exception("job %s: unexpected error", job.id)
         return await _failed(rt, job, claim, exc)
-    await rt.store.finish(job.id, claim.attempt, JobStatus.SUCCEEDED, result=done.result,
-                          usage=done.usage, last_chunk=done.last_chunk)
-    rt.metrics.tokens(job.proxy, done.usage)
+    await rt.store.finish(job.id, claim.attempt, JobStatus.SUCCEEDED,
+                          result=succeeded.result, usage=succeeded.usage,
+                          last_chunk=succeeded.last_chunk)
+    rt.metrics.tokens(job.proxy, succeeded.usage)
     return Outcome("done", JobStatus.SUCCEEDED.value)
 
 

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,10 @@ import redis.asyncio as aioredis
 
 from producer.local_stack import stop_processes
 from worker.embedded_redis import redis_server
+from worker.keys import Keys
+from worker.runtime import redis_client
 from worker.settings import Settings
+from worker.store import JobStore
 
 
 @pytest.fixture(scope="session")
@@ -37,6 +41,7 @@ async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
 
 
 SYSTEM_REDIS_URL = "redis://127.0.0.1:6379/0"
+STORE_RETENTION_S = 600
 STOP_TIMEOUT_S = 20.0  # a worker that does not stop after SIGTERM by then is killed
 
 
@@ -60,6 +65,18 @@ def any_redis_url(request: pytest.FixtureRequest, redis_url: str) -> str:
     if not os.environ.get("CI") and not system_redis_answers():
         pytest.skip(f"no Redis at {SYSTEM_REDIS_URL} (it is required when CI is set)")
     return SYSTEM_REDIS_URL
+
+
+@pytest.fixture
+async def store(any_redis_url: str) -> AsyncIterator[JobStore]:
+    """A JobStore on the worker's kind of client (auto-pipelined) under its own key prefix,
+    on each server; its keys are deleted afterwards. Modules may define their own."""
+    keys = Keys(f"mpqtest-{uuid.uuid4().hex[:8]}:")
+    client = redis_client(any_redis_url)
+    yield JobStore(client, keys, STORE_RETENTION_S)
+    async for key in client.scan_iter(match=f"{keys.prefix}*"):
+        await client.unlink(key)
+    await client.aclose()
 
 
 class WorkerProcess:

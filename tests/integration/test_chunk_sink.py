@@ -5,12 +5,9 @@ attempts it carried when they close; a cancelled job does not cancel a shared wr
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 import redis
-import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from worker.chunks import ChunkSink
@@ -20,20 +17,6 @@ from worker.runtime import redis_client
 from worker.store import JobStore
 
 RETENTION_S = 600
-
-
-def _store(client: aioredis.Redis) -> JobStore:
-    return JobStore(client, Keys(f"mpqtest-sink-{uuid.uuid4().hex[:8]}:"), RETENTION_S)
-
-
-@pytest.fixture
-async def store(any_redis_url: str) -> AsyncIterator[JobStore]:
-    client = redis_client(any_redis_url)
-    store = _store(client)
-    yield store
-    async for key in client.scan_iter(match=f"{store.keys.prefix}*"):
-        await client.unlink(key)
-    await client.aclose()
 
 
 async def _texts(store: JobStore, job_id: str) -> list[tuple[int, str]]:
@@ -63,7 +46,7 @@ async def test_streams_keep_their_order_across_many_writes(store: JobStore) -> N
 async def test_one_iterations_entries_go_in_one_script_call() -> None:
     with redis_server(None) as url:  # its own server: the call count is ours alone
         client = redis_client(url)
-        store = _store(client)
+        store = JobStore(client, Keys("mpqtest-sink:"), RETENTION_S)
         sink = ChunkSink(store)
         warm_up = sink.writer("warm-up", attempt=1)
         await warm_up.error("")  # loads the script: from now on one call is one EVALSHA

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -24,16 +23,6 @@ from worker.runtime import redis_client
 from worker.store import JobStore
 
 RETENTION_S = 600
-
-
-@pytest.fixture
-async def store(any_redis_url: str) -> AsyncIterator[JobStore]:
-    keys = Keys(f"mpqtest-reader-{uuid.uuid4().hex[:8]}:")
-    client = redis_client(any_redis_url)
-    yield JobStore(client, keys, RETENTION_S)
-    async for key in client.scan_iter(match=f"{keys.prefix}*"):
-        await client.unlink(key)
-    await client.aclose()
 
 
 def _entry(seq: int) -> ChunkEntry:
