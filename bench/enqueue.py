@@ -1,4 +1,4 @@
-"""Enqueue: a 10,000-line batch through `producer.submit.enqueue` (job records, then one
+"""Enqueue: a 10,000-line batch through `core.dispatch.enqueue` (job records, then one
 message and one task-sent event per job) against an embedded Valkey, and the same batch with
 the old `send_task` loop. Limit: a raw pipelined write of the same data from one client:
 one HSET of the same record fields and one LPUSH of a payload the size of the message per
@@ -18,14 +18,14 @@ import redis
 from redis.typing import EncodableT, FieldT
 
 from bench.harness import arguments
-from producer.submit import enqueue, send_each
-from worker.app import INFERENCE_QUEUE, create_app
-from worker.contract import JobKind, JobRecord
-from worker.embedded_redis import redis_server
-from worker.keys import Keys
-from worker.runtime import redis_client
-from worker.settings import Settings
-from worker.store import JobStore
+from core.celery_app import create_app
+from core.contract import JobKind, JobRecord
+from core.dispatch import INFERENCE_QUEUE, enqueue, message_for, send_each
+from core.embedded_redis import redis_server
+from core.keys import Keys
+from core.redis_client import redis_client
+from core.settings import Settings
+from core.store import JobStore
 
 LINES = 10_000
 TARGET_LINES_PER_S = 5_000
@@ -57,7 +57,7 @@ def send_task_loop_publish(settings: Settings) -> Callable[[Sequence[JobRecord]]
 
     def publish(records: Sequence[JobRecord]) -> None:
         with celery.producer_or_acquire() as producer:
-            send_each(celery, producer, records)
+            send_each(celery, producer, [message_for(r) for r in records])
 
     return publish
 
@@ -81,7 +81,7 @@ async def time_enqueue(redis_url: str, repeat: int, old_loop: bool) -> tuple[flo
 
     await run(batch_lines(100))  # connections and queue declarations, outside the timing
     seconds = await best_of(repeat, lambda: run(batch_lines(LINES)))
-    message = await client.lindex(f"{settings.key_prefix}broker:{INFERENCE_QUEUE}", 0)
+    message = await client.lindex(Keys(settings.key_prefix).broker_queue(INFERENCE_QUEUE), 0)
     await client.aclose()
     assert isinstance(message, str)  # the client decodes replies
     return seconds, len(message.encode())

@@ -20,12 +20,12 @@ from typing import Any
 
 import httpx
 
+from core.contract import JobKind, JobRecord
+from core.embedded_redis import free_port
+from core.settings import Settings
+from core.store import JobStore
 from modelproxy import Config, ModelProxy, ModelProxyCreateInput, ProxyConfig
 from producer.local_stack import stop_processes
-from worker.contract import JobKind, JobRecord
-from worker.embedded_redis import free_port
-from worker.settings import Settings
-from worker.store import JobStore
 
 MPQ = shutil.which("mpq", path=str(Path(sys.executable).parent)) or "mpq"
 MODEL = "m"

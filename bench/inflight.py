@@ -18,15 +18,15 @@ from bench.harness import (
     worker_environment,
     worker_process,
 )
+from core.celery_app import create_app
+from core.contract import JobKind, JobRecord, JobStatus
+from core.dispatch import enqueue
+from core.embedded_redis import redis_server
+from core.keys import Keys
+from core.redis_client import redis_client
+from core.settings import Settings
+from core.store import JobStore
 from modelproxy import Config, ModelProxy, ModelProxyCreateInput, ProxyConfig, ProxyConfigEndpoint
-from producer.submit import enqueue
-from worker.app import create_app
-from worker.contract import JobKind, JobRecord, JobStatus
-from worker.embedded_redis import redis_server
-from worker.keys import Keys
-from worker.runtime import redis_client
-from worker.settings import Settings
-from worker.store import JobStore
 
 DEFAULT_LATENCY_S = 3.0
 

@@ -14,8 +14,8 @@ import time
 
 from celery import Celery
 
-from worker.app import celery_config
-from worker.settings import Settings
+from core.celery_app import celery_config
+from core.settings import Settings
 
 NOOP_TASK = "bench.noop"
 SLEEP_TASK = "bench.sleep"

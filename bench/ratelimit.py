@@ -30,7 +30,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import httpx
-from celery import Celery
 from httpx_aiohttp import AiohttpTransport
 from redis.asyncio import Redis
 
@@ -48,15 +47,15 @@ from bench.harness import (
     worker_environment,
     worker_process,
 )
-from producer.submit import enqueue
-from worker.app import create_app
-from worker.contract import JobStatus
-from worker.embedded_redis import redis_server
-from worker.keys import Keys
+from core.celery_app import create_app
+from core.contract import JobStatus
+from core.dispatch import enqueue
+from core.embedded_redis import redis_server
+from core.keys import Keys, LimiterKeys
+from core.redis_client import redis_client
+from core.settings import Settings
+from core.store import JobStore
 from worker.ratelimit import DEFAULT_BURST_RATIO, Limits, Permit, RateLimiter
-from worker.runtime import redis_client
-from worker.settings import Settings
-from worker.store import JobStore
 
 DEFAULT_JOBS = 3_000
 DEFAULT_SLOTS = 500
@@ -157,7 +156,7 @@ async def drain_tokens(url: str, proxy: str, tpm: int, keep: float) -> None:
         (await client.post(endpoint, json=body)).raise_for_status()
 
 
-async def drain_our_limiter(client: Redis, key_base: str, limits: Limits,
+async def drain_our_limiter(client: Redis, key_base: LimiterKeys, limits: Limits,
                             cost: int) -> None:
     """Take permits as a worker would until our limiter refuses: its burst is used up."""
     limiter = RateLimiter(client)
@@ -168,13 +167,13 @@ async def drain_our_limiter(client: Redis, key_base: str, limits: Limits,
     raise RuntimeError("our limiter never refused a permit")
 
 
-async def limit_run(emulator_url: str, proxy: str, client: Redis, celery: Celery,
+async def limit_run(emulator_url: str, proxy: str, client: Redis, settings: Settings,
                     limit: str, jobs: int) -> LimitRun:
     """One batch through the workers already running, both buckets drained first."""
-    settings: Settings = celery.conf["mpq_settings"]
+    celery = create_app(settings)
     keys = Keys(settings.key_prefix)
     store = JobStore(client, keys, settings.result_ttl_s)
-    key_base = keys.ratelimit(proxy, "limits")
+    key_base = keys.limiter(proxy)
     set_emulator(emulator_url, ttft_s=0)
     if limit == "rpm":
         allowed = RPM / 60
@@ -230,7 +229,7 @@ async def measure(jobs: int = DEFAULT_JOBS, slots: int = DEFAULT_SLOTS) -> list[
             with contextlib.ExitStack() as workers:
                 for _ in range(WORKERS):
                     workers.enter_context(worker_process(env, slots))
-                runs = [await limit_run(emulator_url, proxy, client, create_app(settings),
+                runs = [await limit_run(emulator_url, proxy, client, settings,
                                         limit, jobs)
                         for limit, proxy in (("rpm", rpm_proxy), ("tpm", tpm_proxy))]
         finally:

@@ -3,7 +3,7 @@ from the job's Redis stream, against a direct SSE client reading the same kind o
 from the same emulator, at 100 concurrent streams (`--streams`), `--rounds` rounds each.
 
 Method. "Sent at" is taken inside the emulator process: the bench runs the emulator app
-(`modelproxy.emulator.app.create_app`, unchanged) behind a thin ASGI wrapper that stamps
+(`emulator.app.create_app`, unchanged) behind a thin ASGI wrapper that stamps
 `time.time()` just before each token frame goes to the server's socket, per completion id,
 and answers `GET /_bench/sent` with those stamps. Consumers stamp `time.time()` when a chunk
 reaches them. All processes share this machine's clock, so the latency of chunk k of a
@@ -61,10 +61,10 @@ from bench.harness import (
     worker_environment,
     worker_process,
 )
+from core.contract import JobKind, JobRecord
+from core.dispatch import enqueue
+from core.embedded_redis import free_port, redis_server
 from producer.client import AsyncClient
-from producer.submit import enqueue
-from worker.contract import JobKind, JobRecord
-from worker.embedded_redis import free_port, redis_server
 
 DEFAULT_STREAMS = 100
 DEFAULT_ROUNDS = 3
@@ -130,9 +130,9 @@ class SentStamps:
 
 def serve_stamped_emulator(port: int) -> None:
     """Run the emulator app behind `SentStamps` until SIGTERM (in its own process)."""
-    from modelproxy.emulator.app import create_app  # noqa: PLC0415 - emulator process only
-    from modelproxy.emulator.server import EmulatorServer  # noqa: PLC0415
-    from modelproxy.emulator.settings import EmulatorSettings  # noqa: PLC0415
+    from emulator.app import create_app  # noqa: PLC0415 - emulator process only
+    from emulator.server import EmulatorServer  # noqa: PLC0415
+    from emulator.settings import EmulatorSettings  # noqa: PLC0415
 
     app = create_app(EmulatorSettings(create_delay_s=0, update_delay_s=0, delete_delay_s=0,
                                       tpot_s=TPOT_S, default_completion_tokens=PACED_TOKENS))

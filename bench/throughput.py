@@ -61,13 +61,13 @@ from bench.harness import (
     worker_process,
 )
 from bench.noop_app import NOOP_TASK, SLEEP_TASK, create_noop_app
-from producer.submit import enqueue
-from worker.app import INFERENCE_QUEUE, create_app
-from worker.contract import JobStatus
-from worker.embedded_redis import redis_server
-from worker.keys import Keys
-from worker.runtime import redis_client
-from worker.store import JobStore
+from core.celery_app import create_app
+from core.contract import JobStatus
+from core.dispatch import INFERENCE_QUEUE, enqueue
+from core.embedded_redis import redis_server
+from core.keys import Keys
+from core.redis_client import redis_client
+from core.store import JobStore
 
 DEFAULT_JOBS = 5_000
 DEFAULT_SLOTS = 500
@@ -137,8 +137,8 @@ def noop_rate(redis_url: str, emulator_url: str, tasks: int, slots: int,
     with sender.producer_or_acquire() as producer:
         for i in range(tasks):
             sender.send_task(name, args=[f"job-{i}", *extra], producer=producer)
-    queue = f"{settings.key_prefix}broker:{INFERENCE_QUEUE}"
-    unacked = f"{settings.key_prefix}broker:unacked"
+    keys = Keys(settings.key_prefix)
+    queue, unacked = keys.broker_queue(INFERENCE_QUEUE), keys.broker_unacked()
     client = redis.Redis.from_url(redis_url)
     if client.llen(queue) != tasks:
         raise RuntimeError(f"expected {tasks} messages on {queue}")

@@ -2,16 +2,20 @@
 
 Every real request is authenticated at send time: AGENTRUN4 signature with AK/SK, else the
 inbound API key, else nothing (Q8, Q9). `include_usage` is set only for streaming chat (Q10).
+`ResponseLimits` caps what one answer may bring: bodies are read in pieces and counted, so
+an answer past a cap fails with `ResponseTooLargeError` holding no more than the cap.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import httpx
-from httpx_sse import EventSource
+from httpx_sse import EventSource, ServerSentEvent
 
 from modelproxy.auth import AgentrunRamAuth, ApiKeyAuth
 from modelproxy.config import Config
@@ -21,8 +25,8 @@ from modelproxy.inference import (
     ResponseObject,
     ResponseStreamEvent,
 )
-from modelproxy.sse import chat_chunks, response_events
-from modelproxy.transport import mapped_transport_errors, open_stream, send
+from modelproxy.sse import chat_chunks, limited_events, response_events
+from modelproxy.transport import fetch, limited_response, mapped_transport_errors, open_response
 
 
 def chat_body(
@@ -58,48 +62,69 @@ def data_auth(config: Config) -> httpx.Auth | None:
     return None
 
 
+@dataclass(frozen=True)
+class ResponseLimits:
+    """Caps on one answer (None: none). Bytes are counted decoded, as they would be held."""
+
+    max_body_bytes: int | None = None  # a non-streamed answer's body
+    max_stream_bytes: int | None = None  # a stream's body, all its events together
+    max_stream_events: int | None = None  # a stream's SSE events
+
+
+NO_LIMITS = ResponseLimits()
+
+
 class DataAPI:
     """Inference calls for one proxy and one resolved `Config`."""
 
-    def __init__(self, proxy_name: str, config: Config) -> None:
+    def __init__(
+        self, proxy_name: str, config: Config, limits: ResponseLimits = NO_LIMITS
+    ) -> None:
         self.proxy_name = proxy_name
         self._config = config
+        self._limits = limits
 
     def base_url(self) -> str:
         name = quote(self.proxy_name, safe="")
         return f"{self._config.get_data_endpoint()}/models/{name}/v1"
 
     async def chat(self, body: dict[str, Any]) -> ChatCompletion:
-        response = await self._post("/chat/completions", body)
-        return ChatCompletion.model_validate(response.json())
+        return ChatCompletion.model_validate(await self._post("/chat/completions", body))
 
     async def chat_stream(self, body: dict[str, Any]) -> AsyncIterator[ChatCompletionChunk]:
         async with self._stream("/chat/completions", body) as response:
             with mapped_transport_errors(streaming=True):
-                async for chunk in chat_chunks(EventSource(response).aiter_sse()):
+                async for chunk in chat_chunks(self._events(response)):
                     yield chunk
 
     async def responses(self, body: dict[str, Any]) -> ResponseObject:
-        response = await self._post("/responses", body)
-        return ResponseObject.model_validate(response.json())
+        return ResponseObject.model_validate(await self._post("/responses", body))
 
     async def responses_stream(
         self, body: dict[str, Any]
     ) -> AsyncIterator[ResponseStreamEvent]:
         async with self._stream("/responses", body) as response:
             with mapped_transport_errors(streaming=True):
-                async for event in response_events(EventSource(response).aiter_sse()):
+                async for event in response_events(self._events(response)):
                     yield event
 
-    async def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
-        return await send(
+    async def _post(self, path: str, body: dict[str, Any]) -> Any:
+        """The decoded JSON answer."""
+        content = await fetch(
             self._config, "POST", self.base_url() + path, json_body=body,
             headers=self._config.get_headers(), auth=data_auth(self._config),
+            max_body_bytes=self._limits.max_body_bytes,
         )
+        return json.loads(content)
 
     def _stream(self, path: str, body: dict[str, Any]) -> Any:
         headers = {**self._config.get_headers(), "accept": "text/event-stream"}
-        return open_stream(
-            self._config, self.base_url() + path, json_body=body, headers=headers,
+        return open_response(
+            self._config, "POST", self.base_url() + path, json_body=body, headers=headers,
             auth=data_auth(self._config),
         )
+
+    def _events(self, response: httpx.Response) -> AsyncIterator[ServerSentEvent]:
+        limits = self._limits
+        counted = limited_response(response, limits.max_stream_bytes, "stream")
+        return limited_events(EventSource(counted).aiter_sse(), limits.max_stream_events)

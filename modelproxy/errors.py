@@ -2,7 +2,11 @@
 
     ModelProxyError                      every error this package raises
     ├── ConfigError (ValueError)         missing account id, bad endpoint, no proxy name
+    ├── PortalDeadlockError (RuntimeError)  a sync twin called on the portal's own loop
     ├── WaitTimeoutError (TimeoutError)  a wait loop ran out of time
+    ├── LimitExceededError               an answer past a limit the caller set: not retryable
+    │   ├── ResponseTooLargeError        a body, or a stream's bytes or events, over its cap
+    │   └── DeadlineExceededError        a call (e.g. a job's attempt) outlived its deadline
     ├── TransportError                   no HTTP answer: retryable
     │   ├── APITimeoutError              connect/read/write/pool timeout
     │   ├── APIConnectionError           refused, reset, DNS
@@ -14,6 +18,7 @@
         │   ├── AuthenticationError      401
         │   ├── PermissionDeniedError    403
         │   ├── ResourceNotExistError    404
+        │   │   └── ProxyNotFoundError   no proxy of that name (a 404, or one remembered)
         │   ├── RequestTimeoutError      408: retryable
         │   ├── ConflictError            409 (e.g. proxy not READY)
         │   └── RateLimitedError         429: retryable, carries retry_after_s
@@ -41,13 +46,18 @@ __all__ = [
     "ClientError",
     "ConfigError",
     "ConflictError",
+    "DeadlineExceededError",
     "HTTPError",
+    "LimitExceededError",
     "ModelProxyError",
     "PermissionDeniedError",
+    "PortalDeadlockError",
+    "ProxyNotFoundError",
     "RateLimitedError",
     "RequestTimeoutError",
     "ResourceAlreadyExistError",
     "ResourceNotExistError",
+    "ResponseTooLargeError",
     "ServerError",
     "StreamInterruptedError",
     "TransportError",
@@ -73,8 +83,28 @@ class ConfigError(ModelProxyError, ValueError):
     """The configuration or the call cannot work (a programming or setup error)."""
 
 
+class PortalDeadlockError(ModelProxyError, RuntimeError):
+    """A sync twin called from code running on the portal loop (modelproxy.portal): it
+    would wait for itself forever. The message names the async twin to await instead."""
+
+
 class WaitTimeoutError(ModelProxyError, TimeoutError):
     """A wait loop (e.g. `wait_until_ready_or_failed`) ran out of time."""
+
+
+class LimitExceededError(ModelProxyError):
+    """The answer went past a limit the caller set. Never retried: the same upstream would
+    most likely do it again, and each try would cost the limit's worth once more."""
+
+
+class ResponseTooLargeError(LimitExceededError):
+    """A body longer than allowed, or a stream with more bytes or events than allowed.
+    Raised as the limit is passed: no more than the limit was held."""
+
+
+class DeadlineExceededError(LimitExceededError):
+    """The whole call (sending, waiting, every chunk) took longer than its deadline, however
+    often the upstream sent something."""
 
 
 class TransportError(ModelProxyError):
@@ -145,6 +175,19 @@ class PermissionDeniedError(ClientError):
 
 class ResourceNotExistError(ClientError):
     """404: no such proxy (on delete this means done)."""
+
+
+class ProxyNotFoundError(ResourceNotExistError):
+    """No proxy of this name: the server's 404 for it, or an earlier 404 remembered (a cache
+    of proxies answers without asking again). The message names the proxy, nothing else."""
+
+    def __init__(self, name: str, *, request_id: str | None = None) -> None:
+        super().__init__(f'proxy "{name}" does not exist', status_code=404,
+                         request_id=request_id)
+        self.name = name
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class RequestTimeoutError(ClientError):

@@ -1,6 +1,11 @@
 """One background event loop per process (the "portal"): sync twins run the async code
 path on it, and so do Celery's worker threads, so they all share one connection pool
-instead of opening a loop per call."""
+instead of opening a loop per call.
+
+A sync twin called from code running on the portal loop itself (a coroutine, a callback)
+would block that loop waiting for work queued on it: it raises `PortalDeadlockError`
+instead, naming the async twin to await.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import threading
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from typing import Any, TypeVar
 
+from modelproxy.errors import PortalDeadlockError
 from modelproxy.transport import close_shared_clients
 
 T = TypeVar("T")
@@ -18,6 +24,23 @@ T = TypeVar("T")
 _lock = threading.Lock()
 _loop: asyncio.AbstractEventLoop | None = None
 _pid = 0
+
+
+def _refuse_on_portal(running: object) -> None:
+    """Raise if this thread runs the portal loop; `running` names what was to be run."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return  # no loop in this thread: it can wait for the portal
+    if loop is not _loop:
+        return
+    name = getattr(running, "__qualname__", type(running).__qualname__)
+    if isinstance(running, Coroutine):
+        running.close()  # never to be awaited: no "was never awaited" warning
+    raise PortalDeadlockError(
+        f"a sync modelproxy call ({name}) was made from code running on the portal event "
+        "loop, which would wait for itself forever: await the async twin (the `..._async` "
+        "method, or `async for` over a stream) instead")
 
 
 def _portal_loop() -> asyncio.AbstractEventLoop:
@@ -42,12 +65,20 @@ def _shutdown(loop: asyncio.AbstractEventLoop) -> None:
 
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:
-    """Run `coro` on the portal loop and wait for its result."""
+    """Run `coro` on the portal loop and wait for its result; raises `PortalDeadlockError`
+    on the portal loop itself."""
+    _refuse_on_portal(coro)
     return asyncio.run_coroutine_threadsafe(coro, _portal_loop()).result()
 
 
 def iterate_sync(iterator: AsyncIterator[T]) -> Iterator[T]:
-    """Drive an async iterator from sync code, item by item; closes it if abandoned."""
+    """Drive an async iterator from sync code, item by item; closes it if abandoned.
+    Raises `PortalDeadlockError` at once on the portal loop itself."""
+    _refuse_on_portal(iterator)
+    return _iterate(iterator)
+
+
+def _iterate(iterator: AsyncIterator[T]) -> Iterator[T]:
     loop = _portal_loop()
     try:
         while True:

@@ -2,6 +2,7 @@
 
 A chat stream ends with `data: [DONE]`; a Responses stream ends with `response.completed`.
 A stream that stops before its end marker is an interrupted stream, never a silent success.
+`limited_events` caps how many events one stream may send.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 
 from httpx_sse import ServerSentEvent
 
-from modelproxy.errors import ServerError, StreamInterruptedError
+from modelproxy.errors import ResponseTooLargeError, ServerError, StreamInterruptedError
 from modelproxy.inference import ChatCompletionChunk, ResponseStreamEvent
 
 DONE = "[DONE]"
@@ -46,6 +47,25 @@ def decode_response_event(event: ServerSentEvent) -> ResponseStreamEvent:
     if "type" not in payload and event.event and event.event != "message":
         payload["type"] = event.event
     return ResponseStreamEvent.model_validate(payload)
+
+
+def limited_events(
+    events: AsyncIterator[ServerSentEvent], max_events: int | None
+) -> AsyncIterator[ServerSentEvent]:
+    """The events, until one past `max_events` raises `ResponseTooLargeError` (None: no cap).
+    Every event counts, with text or not: each costs a decode and, in a queue, a write."""
+    return events if max_events is None else _counted(events, max_events)
+
+
+async def _counted(
+    events: AsyncIterator[ServerSentEvent], max_events: int
+) -> AsyncIterator[ServerSentEvent]:
+    count = 0
+    async for event in events:
+        count += 1
+        if count > max_events:
+            raise ResponseTooLargeError(f"stream over the limit of {max_events} events")
+        yield event
 
 
 async def chat_chunks(events: AsyncIterator[ServerSentEvent]) -> AsyncIterator[ChatCompletionChunk]:

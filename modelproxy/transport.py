@@ -12,8 +12,8 @@ import contextlib
 import functools
 import ssl
 import weakref
-from collections.abc import AsyncIterator, Iterator, Mapping
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
+from typing import Any, cast
 
 import aiohttp
 import httpx
@@ -24,7 +24,9 @@ from modelproxy.errors import (
     APIConnectionError,
     APITimeoutError,
     CertificateError,
+    DeadlineExceededError,
     HTTPError,
+    ResponseTooLargeError,
     StreamInterruptedError,
     TransportError,
     error_from_response,
@@ -35,6 +37,8 @@ USER_AGENT = "mpq-modelproxy/0.1"
 # the aiohttp transport then falls back to aiohttp's default of 100 connections.
 MAX_CONNECTIONS = 4096
 POOL_LIMITS = httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=1000)
+# An error answer's message is near its start; the rest of a huge one is never read.
+ERROR_BODY_MAX_BYTES = 64 * 1024
 
 _clients: weakref.WeakKeyDictionary[
     asyncio.AbstractEventLoop, dict[bool | str, httpx.AsyncClient]
@@ -153,18 +157,20 @@ async def send(
 
 
 @contextlib.asynccontextmanager
-async def open_stream(
+async def open_response(
     config: Config,
+    method: str,
     url: str,
     *,
-    json_body: Any,
+    json_body: Any = None,
     headers: Mapping[str, str] | None = None,
     auth: httpx.Auth | None = None,
 ) -> AsyncIterator[httpx.Response]:
-    """POST and yield the open streaming response; error statuses raise before any byte."""
+    """Send and yield the open response, its body unread (read it with `read_body` or as a
+    stream); an error status raises first, from at most `ERROR_BODY_MAX_BYTES` of its body."""
     client = shared_client(config.get_verify_tls())
     request = client.build_request(
-        "POST", _parsed_url(url), json=json_body, headers=headers, timeout=timeout_for(config)
+        method, _parsed_url(url), json=json_body, headers=headers, timeout=timeout_for(config)
     )
     with mapped_transport_errors():
         response = await client.send(
@@ -172,19 +178,136 @@ async def open_stream(
         )
     try:
         if response.status_code >= 400:
-            with mapped_transport_errors():
-                await response.aread()
-            raise_for_status(response)
+            content = await _body_prefix(response, ERROR_BODY_MAX_BYTES)
+            raise error_from_response(response.status_code, content, response.headers)
         yield response
     finally:
         await response.aclose()
 
 
+async def fetch(
+    config: Config,
+    method: str,
+    url: str,
+    *,
+    json_body: Any = None,
+    headers: Mapping[str, str] | None = None,
+    auth: httpx.Auth | None = None,
+    max_body_bytes: int | None = None,
+) -> bytes:
+    """One request's decoded body; past `max_body_bytes` raises `ResponseTooLargeError`."""
+    async with open_response(
+        config, method, url, json_body=json_body, headers=headers, auth=auth
+    ) as response:
+        return await read_body(response, max_body_bytes)
+
+
+async def read_body(response: httpx.Response, max_bytes: int | None = None) -> bytes:
+    """The decoded body, read piece by piece (`aread` would hold all of it first). Past
+    `max_bytes` it raises `ResponseTooLargeError` holding no more than that; a declared
+    Content-Length over it raises before the first byte is read."""
+    declared = response.headers.get("content-length", "")
+    if max_bytes is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise _too_large("response body", max_bytes)
+    parts: list[bytes] = []
+    async for part in limited_bytes(response, max_bytes, "response body"):
+        parts.append(part)
+    return b"".join(parts)
+
+
+async def limited_bytes(
+    response: httpx.Response, max_bytes: int | None, what: str, *, streaming: bool = False
+) -> AsyncIterator[bytes]:
+    """The decoded body's pieces, counted: decoded, so a compressed body cannot grow past
+    the limit after the check. Raises `ResponseTooLargeError` once `max_bytes` is passed."""
+    size = 0
+    with mapped_transport_errors(streaming=streaming):
+        async with contextlib.aclosing(_pieces(response)) as pieces:
+            async for piece in pieces:
+                size += len(piece)
+                if max_bytes is not None and size > max_bytes:
+                    raise _too_large(what, max_bytes)
+                yield piece
+
+
+def limited_response(
+    response: httpx.Response, max_bytes: int | None, what: str
+) -> httpx.Response:
+    """A view of a streaming `response` whose body raises `ResponseTooLargeError` past
+    `max_bytes` decoded bytes, for readers that take a response (an SSE decoder)."""
+    if max_bytes is None:
+        return response
+    headers = {"content-type": response.headers.get("content-type", "")}
+    return httpx.Response(
+        response.status_code, headers=headers, request=response.request,
+        stream=_ByteStream(limited_bytes(response, max_bytes, what, streaming=True)),
+    )
+
+
+class _ByteStream(httpx.AsyncByteStream):
+    """Already-decoded pieces as an httpx body (closing is left to the response they come
+    from)."""
+
+    def __init__(self, pieces: AsyncIterator[bytes]) -> None:
+        self._pieces = pieces
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for piece in self._pieces:
+            yield piece
+
+
+async def _body_prefix(response: httpx.Response, max_bytes: int) -> bytes:
+    """At most `max_bytes` of the decoded body: enough for an error's message."""
+    parts: list[bytes] = []
+    size = 0
+    with mapped_transport_errors():
+        async with contextlib.aclosing(_pieces(response)) as pieces:
+            async for piece in pieces:
+                parts.append(piece)
+                size += len(piece)
+                if size >= max_bytes:
+                    break
+    return b"".join(parts)[:max_bytes]
+
+
+def _pieces(response: httpx.Response) -> AsyncGenerator[bytes, None]:
+    """The decoded body's generator, typed as one so that it can be closed early."""
+    return cast(AsyncGenerator[bytes, None], response.aiter_bytes())
+
+
+def _too_large(what: str, max_bytes: int) -> ResponseTooLargeError:
+    return ResponseTooLargeError(f"{what} over the limit of {max_bytes} bytes")
+
+
+@contextlib.asynccontextmanager
+async def deadline(seconds: float | None, what: str) -> AsyncIterator[None]:
+    """Cancel the block's awaits once it has run `seconds` in all and raise
+    `DeadlineExceededError` (a read timeout bounds each read only: a chunk every few
+    seconds keeps a call alive forever). None: no deadline."""
+    if seconds is None:
+        yield
+        return
+    timer = asyncio.timeout(seconds)
+    try:
+        async with timer:
+            yield
+    except TimeoutError as exc:
+        if not timer.expired():
+            raise  # the block's own timeout, not ours
+        raise DeadlineExceededError(f"{what} still running after {seconds:g} s") from exc
+
+
 __all__ = [
+    "ERROR_BODY_MAX_BYTES",
     "HTTPError",
     "close_shared_clients",
+    "deadline",
+    "fetch",
+    "limited_bytes",
+    "limited_response",
     "mapped_transport_errors",
-    "open_stream",
+    "open_response",
+    "read_body",
     "send",
     "shared_client",
     "timeout_for",

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from worker.contract import JobKind, JobRecord, JobStatus
+from core.contract import JobKind, JobRecord, JobStatus, check_proxy_name
 
 URL_KINDS: dict[str, JobKind] = {
     "/v1/chat/completions": JobKind.CHAT,
@@ -220,10 +220,14 @@ def _proxy(obj: dict[str, Any], default_proxy: str | None) -> str:
         value = obj["proxy"]
         if not (isinstance(value, str) and value):
             raise _Invalid(f'"proxy" must be a non-empty string, not {_show(value)}')
-        return _unicode(value, '"proxy"')
-    if not default_proxy:
+    elif not default_proxy:
         raise _Invalid('no proxy: pass --proxy or set "proxy" on the line')
-    return default_proxy
+    else:
+        value = default_proxy
+    try:
+        return check_proxy_name(value)
+    except ValueError as exc:
+        raise _Invalid(str(exc)) from None
 
 
 def _body(obj: dict[str, Any]) -> dict[str, Any]:
@@ -264,30 +268,39 @@ def _check_knobs(body: dict[str, Any]) -> None:
             raise _Invalid(f'"body.{name}" must be {wanted}, not {_show(value)}')
 
 
+# OpenAI's chat roles, and those whose message may have no content (a tool call's turn).
+ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+NULL_CONTENT_ROLES = frozenset({"assistant", "function"})
+
+
 def _check_content(where: str, message: dict[str, Any]) -> None:
     content = message.get("content")
     if isinstance(content, str):
         return
     if content is None:
-        if message["role"] != "assistant":
-            raise _Invalid(f'"{where}.content" may be null only for an assistant message')
+        if message["role"] not in NULL_CONTENT_ROLES:
+            raise _Invalid(f'"{where}.content" may be null only for an assistant or '
+                           "function message")
         return
-    if not isinstance(content, list):
+    if not (isinstance(content, list) and content):
         raise _Invalid(
-            f'"{where}.content" must be a string, a list of parts or null, '
-            f"not {_json_type(content)}"
+            f'"{where}.content" must be a string, a non-empty list of parts or null, '
+            f"not {_show(content)}"
         )
     for j, part in enumerate(content):
         if not (isinstance(part, dict) and isinstance(part.get("type"), str)):
             raise _Invalid(f'"{where}.content[{j}]" must be an object with a string "type"')
+        if part["type"] == "text" and not isinstance(part.get("text"), str):
+            raise _Invalid(f'"{where}.content[{j}].text" must be a string')
 
 
 def _check_message(i: int, message: Any) -> None:
     where = f"body.messages[{i}]"
     if not isinstance(message, dict):
         raise _Invalid(f'"{where}" must be an object, not {_json_type(message)}')
-    if not isinstance(message.get("role"), str):
-        raise _Invalid(f'"{where}.role" must be a string, not {_json_type(message.get("role"))}')
+    if message.get("role") not in ROLES:
+        raise _Invalid(f'"{where}.role" must be one of {", ".join(ROLES)}, '
+                       f"not {_show(message.get('role'))}")
     _check_content(where, message)
 
 
@@ -311,6 +324,10 @@ def _check_responses(body: dict[str, Any]) -> None:
             if "input" in body
             else '"body.input" is missing'
         )
+    for i, item in enumerate(value if isinstance(value, list) else []):
+        if not (isinstance(item, dict) and isinstance(item.get("type") or item.get("role"), str)):
+            raise _Invalid(f'"body.input[{i}]" must be an object with a string "type" or '
+                           f'"role", not {_show(item)}')
 
 
 _BODY_CHECKS: dict[JobKind, tuple[Callable[[dict[str, Any]], None], ...]] = {

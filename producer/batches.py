@@ -10,11 +10,11 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+from core.contract import BatchRecord, BatchStatus, JobRecord, JobStatus
+from core.dispatch import cancel_batch
+from core.store import JobStore
 from modelproxy.portal import iterate_sync, run_sync
 from producer.batch_format import error_line, output_line
-from producer.submit import cancel_batch
-from worker.contract import BatchRecord, BatchStatus, JobRecord, JobStatus
-from worker.store import JobStore
 
 PAGE = 1000
 WAIT_INTERVAL_S = 0.5

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import NoReturn
 
 import typer
 
+from core.settings import Settings
+from emulator.synthetic import MAX_REPLY_TOKENS
 from modelproxy import Config, ModelProxyError
-from producer import cli_batch, cli_proxy
+from producer import cli_batch, cli_job, cli_proxy
 from producer.cli_common import (
     EXIT_FAILED,
     EXIT_USAGE,
+    RAW_HELP,
     clean_errors,
     client,
     console,
@@ -21,7 +27,9 @@ from producer.cli_common import (
 )
 from producer.flower import flower_command
 from producer.metrics_exporter import metrics_command
-from worker.settings import Settings
+from producer.terminal import escape_markup, write_text
+
+WORKER_APP = "worker.app"  # the worker's Celery app, run by name
 
 app = typer.Typer(
     name="mpq",
@@ -30,6 +38,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(cli_batch.app, name="batch")
+app.add_typer(cli_job.app, name="job")
 app.add_typer(cli_proxy.app, name="proxy")
 app.command("flower")(flower_command)
 app.command("metrics")(metrics_command)
@@ -44,6 +53,7 @@ def chat(
     model: str | None = typer.Option(None, help="Model (default: the proxy's)."),
     max_tokens: int | None = typer.Option(None, min=1, help="Cap of the reply length."),
     timeout: float = typer.Option(120, help="Seconds to wait for the reply."),
+    raw: bool = typer.Option(False, help=RAW_HELP),
 ) -> None:
     """Ask one question through the queue and print the answer."""
     params = {"max_tokens": max_tokens} if max_tokens else {}
@@ -55,48 +65,80 @@ def chat(
                 if event.kind == "restart":
                     err_console.print(f"\n[yellow]retrying (attempt {event.attempt})…[/]")
                 elif event.kind == "error":
-                    err_console.print(f"\n[yellow]attempt {event.attempt} failed: "
-                                      f"{event.data.get('error', '')}[/]")
-                console.print(event.text, end="", markup=False, highlight=False)
-            console.print()
+                    err_console.print(f"\nattempt {event.attempt} failed: "
+                                      f"{escape_markup(event.data.get('error', ''))}",
+                                      style="yellow")
+                write_text(event.text, raw=raw, end="")
+            write_text("")
             job.result(timeout)  # the outcome, and its exit code
         else:
-            console.print(job.final_text(timeout), markup=False, highlight=False)
+            write_text(job.final_text(timeout), raw=raw)
+
+
+API_KEYS_ENV = "MPQ_EMULATOR_API_KEYS"
 
 
 @app.command()
 def emulator(
-    host: str = typer.Option("127.0.0.1", help="Address to bind (loopback unless credentials)."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind (loopback unless --allow-open)."),
     port: int = typer.Option(8080, help="Port (0 picks a free one)."),
     tls: bool = typer.Option(False, help="Serve HTTPS with a self-signed certificate."),
     allow_open: bool = typer.Option(
-        False, help="Allow a non-loopback address without credentials."
+        False, help="Allow a non-loopback address (with credentials or without)."
     ),
-    api_key: list[str] = typer.Option(
-        [], help="Inbound API key the data plane accepts (repeatable)."
+    api_key_file: Path | None = typer.Option(
+        None, help=f"Inbound API keys the data plane accepts, one a line (also: {API_KEYS_ENV},"
+        " comma-separated)."
     ),
+    api_key: list[str] = typer.Option([], hidden=True),
     ttft_s: float = typer.Option(0.0, min=0, help="Synthetic model: time to first token."),
     tpot_s: float = typer.Option(0.0, min=0, help="Synthetic model: time per output token."),
+    reply_tokens: int | None = typer.Option(
+        None, min=1, max=MAX_REPLY_TOKENS,
+        help="Synthetic model: every reply this long (a request's max_tokens still cuts it);"
+        " default: short replies of varying length.",
+    ),
     lifecycle_delay_s: float = typer.Option(
         0.5, min=0, help="CREATING/UPDATING/DELETING last this long."
     ),
 ) -> None:
     """Run the local ModelProxy service (control and data plane) in the foreground.
 
-    With AGENTRUN_ACCESS_KEY_ID/SECRET set it verifies request signatures on both planes."""
-    from modelproxy.emulator.server import run_forever  # noqa: PLC0415 - heavy import
-    from modelproxy.emulator.settings import EmulatorSettings  # noqa: PLC0415
+    With AGENTRUN_ACCESS_KEY_ID/SECRET set it verifies request signatures on both planes;
+    with credentials or API keys, /_emulator administration needs them too."""
+    from emulator.server import run_forever  # noqa: PLC0415 - heavy import
+    from emulator.settings import EmulatorSettings  # noqa: PLC0415
 
+    if api_key:
+        fail(f"--api-key would show the key to anyone who lists processes: set {API_KEYS_ENV}"
+             " (comma-separated) or pass --api-key-file PATH (one key a line)", EXIT_USAGE)
+    try:
+        api_keys = emulator_api_keys(os.environ, api_key_file)
+    except (ValueError, OSError) as exc:
+        fail(f"--api-key-file: {exc}", EXIT_USAGE)
     settings = EmulatorSettings(
-        ttft_s=ttft_s, tpot_s=tpot_s, create_delay_s=lifecycle_delay_s,
-        update_delay_s=lifecycle_delay_s, delete_delay_s=lifecycle_delay_s,
+        ttft_s=ttft_s, tpot_s=tpot_s, reply_tokens=reply_tokens,
+        create_delay_s=lifecycle_delay_s, update_delay_s=lifecycle_delay_s,
+        delete_delay_s=lifecycle_delay_s,
     )
     try:
         run_forever(host=host, port=port, tls=tls, settings=settings,
-                    credentials=_emulator_credentials(), api_keys=api_key or None,
+                    credentials=_emulator_credentials(), api_keys=api_keys or None,
                     allow_open=allow_open)
     except ValueError as exc:
         fail(str(exc), EXIT_USAGE)
+
+
+def emulator_api_keys(environ: Mapping[str, str], key_file: Path | None) -> list[str]:
+    """The keys in `MPQ_EMULATOR_API_KEYS` (comma-separated) and in `key_file` (one a line,
+    blank lines skipped). A file without keys is refused: it would leave the data plane open."""
+    keys = [k.strip() for k in environ.get(API_KEYS_ENV, "").split(",") if k.strip()]
+    if key_file is None:
+        return keys
+    from_file = [line.strip() for line in key_file.read_text().splitlines() if line.strip()]
+    if not from_file:
+        raise ValueError(f"no API key in {key_file}")
+    return [*keys, *from_file]
 
 
 def _emulator_credentials() -> dict[str, str] | None:
@@ -125,9 +167,7 @@ def worker(
 ) -> None:
     """Run a worker: a Celery threads pool whose slots share one event loop."""
     settings = _celery_settings()
-    from worker.app import app as celery_app  # noqa: PLC0415 - imports Celery
-
-    celery_app.worker_main([
+    _exec_celery([
         "worker", "--pool=threads", f"--concurrency={slots or settings.worker_slots}",
         "-Q", queues, f"--loglevel={loglevel}", "-n", name or f"mpq-{os.getpid()}@%h",
     ])
@@ -137,12 +177,17 @@ def worker(
 def beat(loglevel: str = typer.Option("INFO", help="Log level.")) -> None:
     """Run the scheduler: refreshes the proxy cache every MPQ_REFRESH_INTERVAL_S."""
     _celery_settings()
-    from worker.app import app as celery_app  # noqa: PLC0415 - imports Celery
+    # The in-memory scheduler: nothing to keep between runs (the refresh is idempotent).
+    _exec_celery(["beat", f"--loglevel={loglevel}", "--scheduler", "celery.beat:Scheduler"])
 
-    with tempfile.TemporaryDirectory(prefix="mpq-beat-") as state_dir:
-        celery_app.start([
-            "beat", f"--loglevel={loglevel}", "--schedule", f"{state_dir}/schedule",
-        ])
+
+def _exec_celery(args: list[str]) -> NoReturn:
+    """Become `celery -A worker.app …` (same pid, so signals reach Celery directly): the
+    command line launches the worker's app, it does not import it."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable,  # noqa: S606 - our own interpreter and arguments
+             [sys.executable, "-m", "celery", "-A", WORKER_APP, *args])
 
 
 @app.command()

@@ -14,9 +14,10 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from core.contract import BatchRecord, JobStatus
 from producer.batches import Batch
 from producer.cli_common import EXIT_FAILED, clean_errors, client, console, err_console, fail
-from worker.contract import BatchRecord, JobStatus
+from producer.terminal import escape_markup
 
 app = typer.Typer(help="Batches in the OpenAI Batch format (JSONL).", no_args_is_help=True)
 OUTPUT_HELP = "File to write (default: stdout)."
@@ -82,12 +83,15 @@ def submit(
         source = sys.stdin.buffer if str(file) == "-" else file.open("rb")
         with source:
             batch, errors = mpq.submit_batch(source, proxy, strict=strict, name=file.name)
-        info = batch.info()
+        # The id first (a hex id: nothing in this line can fail), so whatever happens next,
+        # the batch that is in can be followed.
+        console.print(f"batch [bold]{batch.id}[/] submitted")
         for error in errors[:20]:
-            err_console.print(f"[yellow]skipped[/] {error}", highlight=False)
+            err_console.print(f"[yellow]skipped[/] {escape_markup(error)}", highlight=False)
         if len(errors) > 20:
             err_console.print(f"[yellow]… and {len(errors) - 20} more invalid lines[/]")
-        console.print(f"batch [bold]{batch.id}[/] submitted: {info.total} jobs queued"
+        info = batch.info()
+        console.print(f"{info.total} jobs queued"
                       + (f", {len(errors)} invalid lines" if errors else ""))
         if not wait:
             return
@@ -95,7 +99,7 @@ def submit(
         console.print(_counts(final))
         if results is not None:
             written = _write_lines(batch.results(), results)
-            console.print(f"{written} results written to {results}")
+            console.print(f"{written} results written to {escape_markup(results)}")
         if final.counts.get(JobStatus.FAILED, 0) or errors:
             raise typer.Exit(EXIT_FAILED)
 
@@ -106,7 +110,8 @@ def status(batch_id: str = typer.Argument(..., help="Batch id.")) -> None:
     """Counts of a batch by state."""
     with client() as mpq:
         record = mpq.batch(batch_id).info()
-        console.print(f"batch {record.id} ({record.status.value}): {_counts(record)}")
+        console.print(f"batch {escape_markup(record.id)} ({record.status.value}): "
+                      f"{_counts(record)}")
 
 
 @app.command()
@@ -132,7 +137,7 @@ def results(batch_id: str = typer.Argument(..., help="Batch id."),
         batch.info()  # unknown id: a clear error, not an empty file
         written = _write_lines(batch.results(), output)
         if output is not None:
-            console.print(f"{written} results written to {output}")
+            console.print(f"{written} results written to {escape_markup(output)}")
 
 
 @app.command()
@@ -146,7 +151,7 @@ def errors(batch_id: str = typer.Argument(..., help="Batch id."),
         batch.info()
         written = _write_lines(batch.errors(), output)
         if output is not None:
-            console.print(f"{written} errors written to {output}")
+            console.print(f"{written} errors written to {escape_markup(output)}")
 
 
 @app.command()
@@ -156,7 +161,7 @@ def cancel(batch_id: str = typer.Argument(..., help="Batch id.")) -> None:
     with client() as mpq:
         batch = mpq.batch(batch_id)
         batch.info()
-        console.print(f"cancelled {batch.cancel()} jobs of batch {batch_id}")
+        console.print(f"cancelled {batch.cancel()} jobs of batch {escape_markup(batch_id)}")
 
 
 @app.command("list")
@@ -166,7 +171,8 @@ def list_batches(limit: int = typer.Option(20, min=1, help="How many, newest fir
     with client() as mpq:
         table = Table("batch", "name", "status", "total", "succeeded", "failed", "invalid")
         for record in mpq.batches(limit):
-            table.add_row(record.id, record.name or "", record.status.value, str(record.total),
+            table.add_row(escape_markup(record.id), escape_markup(record.name or ""),
+                          record.status.value, str(record.total),
                           str(record.counts.get(JobStatus.SUCCEEDED, 0)),
                           str(record.counts.get(JobStatus.FAILED, 0)), str(record.invalid))
         console.print(table)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any, NoReturn, ParamSpec, TypeVar
 
@@ -14,12 +14,12 @@ from pydantic import ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from rich.console import Console
-from rich.markup import escape
 
+from core.settings import Settings
 from producer.batches import BatchNotFoundError
 from producer.client import BatchInvalidError, Client, NoRedisError
 from producer.jobs import JobFailedError, JobNotFoundError, JobTimeoutError
-from worker.settings import Settings
+from producer.terminal import escape_markup, safe_json
 
 # Exit codes scripts can rely on (documented in the README).
 EXIT_OK = 0
@@ -28,8 +28,11 @@ EXIT_USAGE = 2  # bad arguments or input (also typer's own usage errors)
 EXIT_NOT_FOUND = 3  # unknown job, batch or proxy
 EXIT_UNAVAILABLE = 4  # Redis unreachable, or no worker took the job in time
 
-console = Console()
-err_console = Console(stderr=True)
+RAW_HELP = "Print the model's text byte for byte (escape sequences and controls included)."
+
+# No emoji codes: ":name:" in a user's text stays as typed.
+console = Console(emoji=False)
+err_console = Console(stderr=True, emoji=False)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -37,7 +40,9 @@ R = TypeVar("R")
 
 def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
     """One clear line on stderr and a non-zero exit: no traceback for user mistakes."""
-    err_console.print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    first_line = next(iter(message.splitlines()), "")
+    err_console.print(f"[red]error:[/] {escape_markup(first_line)}", highlight=False,
+                      soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -83,4 +88,6 @@ def client(settings: Settings | None = None) -> Iterator[Client]:
 
 
 def print_json(value: Any) -> None:
-    console.print_json(json.dumps(value, default=str))
+    """JSON on stdout, plain (for scripts) and safe for a terminal."""
+    sys.stdout.write(safe_json(value) + "\n")
+    sys.stdout.flush()

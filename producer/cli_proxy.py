@@ -20,6 +20,7 @@ from modelproxy import (
 )
 from producer.cli_common import clean_errors, client, console, print_json
 from producer.jobs import Job
+from producer.terminal import escape_markup
 
 app = typer.Typer(help="Create, inspect, change and delete proxies.", no_args_is_help=True)
 
@@ -53,7 +54,7 @@ def _show(proxies: list[dict[str, Any]], as_json: bool) -> None:
         return
     table = Table(*COLUMNS)
     for proxy in proxies:
-        table.add_row(*(str(proxy.get(column) or "") for column in COLUMNS))
+        table.add_row(*(escape_markup(proxy.get(column) or "") for column in COLUMNS))
     console.print(table)
 
 
@@ -149,7 +150,7 @@ def delete(name: str = typer.Argument(..., help="Proxy name."),
     """Delete a proxy (a missing one counts as deleted)."""
     with client() as mpq:
         proxy = _run(mpq.delete_proxy(name), timeout)
-    console.print(f"proxy {name}: {proxy.get('status')}")
+    console.print(f"proxy {escape_markup(name)}: {escape_markup(proxy.get('status'))}")
 
 
 @app.command()
@@ -158,4 +159,4 @@ def refresh(timeout: float = typer.Option(60, help=TIMEOUT_HELP)) -> None:
     """Refresh the workers' proxy cache now (beat does it periodically)."""
     with client() as mpq:
         report = _run(mpq.refresh_proxies(), timeout)
-    console.print(" ".join(f"{key}={value}" for key, value in report.items()))
+    console.print(escape_markup(" ".join(f"{key}={value}" for key, value in report.items())))

@@ -9,6 +9,21 @@ from typing import Any, Self
 
 from celery import Celery
 
+from core.celery_app import create_app
+from core.contract import (
+    ALL_PROXIES,
+    BatchRecord,
+    JobKind,
+    JobRecord,
+    check_job_proxy,
+    check_proxy_name,
+    new_id,
+)
+from core.dispatch import enqueue
+from core.keys import Keys
+from core.redis_client import REDIS_RETRIES, redis_client
+from core.settings import Settings
+from core.store import JobStore
 from modelproxy import ModelProxyCreateInput, ModelProxyUpdateInput
 from modelproxy.portal import run_sync
 from producer.batch_format import (
@@ -20,13 +35,6 @@ from producer.batch_format import (
 from producer.batches import AsyncBatch, Batch, BatchNotFoundError
 from producer.jobs import AsyncJob, Job
 from producer.stream_reader import StreamReader
-from producer.submit import enqueue
-from worker.app import create_app
-from worker.contract import BatchRecord, JobKind, JobRecord, new_id
-from worker.keys import Keys
-from worker.runtime import REDIS_RETRIES, redis_client
-from worker.settings import Settings
-from worker.store import JobStore
 
 REDIS_CONNECTIONS_MAX = 1024
 JSON_SEPARATORS = (",", ":")
@@ -78,10 +86,13 @@ class AsyncClient:
 
     async def submit(self, kind: JobKind, proxy: str, request: dict[str, Any]) -> AsyncJob:
         """Validate and enqueue one job; bad input raises `ValueError` and sends nothing."""
+        check_job_proxy(kind, proxy)
         if kind in (JobKind.CHAT, JobKind.RESPONSES):
             check_request(kind, request)
-        elif kind not in (JobKind.MGMT_LIST, JobKind.MGMT_REFRESH) and not request.get("name"):
-            raise ValueError(f"a {kind.value} job needs a proxy name")
+        elif kind not in (JobKind.MGMT_LIST, JobKind.MGMT_REFRESH):
+            if not request.get("name"):
+                raise ValueError(f"a {kind.value} job needs a proxy name")
+            check_proxy_name(request["name"])
         (record,) = await enqueue(self.store, self.celery,
                                   [JobRecord(kind=kind, proxy=proxy, request=request)])
         return AsyncJob(self.store, record.id, self._reader)
@@ -125,10 +136,10 @@ class AsyncClient:
         return await self.submit(JobKind.MGMT_WAIT, name, {"name": name, "timeout_s": timeout_s})
 
     async def list_proxies(self) -> AsyncJob:
-        return await self.submit(JobKind.MGMT_LIST, "*", {})
+        return await self.submit(JobKind.MGMT_LIST, ALL_PROXIES, {})
 
     async def refresh_proxies(self) -> AsyncJob:
-        return await self.submit(JobKind.MGMT_REFRESH, "*", {})
+        return await self.submit(JobKind.MGMT_REFRESH, ALL_PROXIES, {})
 
     # ---- batches ------------------------------------------------------------------------
 
@@ -136,12 +147,15 @@ class AsyncClient:
                            strict: bool = False, name: str | None = None,
                            ) -> tuple[AsyncBatch, list[LineError]]:
         """Submit an OpenAI Batch input (JSONL lines). Invalid lines are reported (and kept
-        for the errors file) while the valid ones run, unless `strict`."""
+        for the errors file) while the valid ones run, unless `strict`. A bad default
+        `proxy` is bad input (`ValueError`): nothing is submitted."""
+        if proxy is not None:
+            check_proxy_name(proxy)
         parsed = parse_batch(lines, proxy)
         if strict and parsed.errors:
             raise BatchInvalidError(parsed.errors)
-        # Records first: one that does not validate (e.g. a bad default proxy) raises before
-        # anything is written, instead of leaving an empty batch behind.
+        # Records first: one that does not validate raises before anything is written,
+        # instead of leaving an empty batch behind.
         records = [JobRecord(kind=line.kind, proxy=line.proxy, request=line.body,
                              custom_id=line.custom_id) for line in parsed.lines]
         batch_id = new_id()

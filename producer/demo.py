@@ -13,6 +13,9 @@ from pathlib import Path
 
 from rich.console import Console
 
+from core.contract import BatchRecord, JobStatus
+from core.redaction import mask_url
+from core.settings import Settings
 from modelproxy import (
     ModelProxyCreateInput,
     ProxyConfig,
@@ -23,8 +26,7 @@ from producer.batches import Batch
 from producer.cli_batch import follow
 from producer.client import Client
 from producer.local_stack import LocalStack, StackOptions, local_stack
-from worker.contract import BatchRecord, JobStatus
-from worker.settings import Settings
+from producer.terminal import strip_controls
 
 DEMO_LINES = 200
 DEMO_MODEL = "demo-model"
@@ -70,7 +72,7 @@ def run_demo(console: Console, redis_url: str | None) -> int:
 
 
 def _print_stack(console: Console, stack: LocalStack) -> None:
-    console.print(f"  Redis       {stack.redis_url}")
+    console.print(f"  Redis       {mask_url(stack.redis_url)}")
     console.print(f"  ModelProxy  {stack.modelproxy_url or 'AgentRun (configured)'}")
     console.print(f"  Flower      {stack.flower_url}  (user {stack.flower_user}, "
                   f"password {stack.flower_password})")
@@ -93,7 +95,7 @@ def _pipeline(console: Console, mpq: Client) -> tuple[BatchRecord, int]:
     job = mpq.chat(name, [{"role": "user", "content": "Say hello to the mpq demo."}],
                    stream=True)
     for event in job.stream():
-        console.print(event.text, end="", markup=False, highlight=False)
+        console.print(strip_controls(event.text), end="", markup=False, highlight=False)
     record = job.result(60)
     console.print(f"\n  ({record.usage and record.usage.get('total_tokens')} tokens, "
                   f"attempt {record.attempt})")

@@ -3,7 +3,9 @@
 Streams are read from the job's Redis stream and survive the producer restarting (pass
 the last entry id back to resume). When an attempt fails after sending chunks, the stream
 yields a `restart` event before the next attempt's chunks, so a consumer never mixes two
-attempts; `final_text()` gives only the final attempt's text.
+attempts: once an attempt was seen, entries of older ones are skipped (a second guard: the
+store already refuses a superseded attempt's writes). `final_text()` gives only the final
+attempt's text.
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from core.contract import FINAL, ChunkEntry, JobRecord, JobStatus
+from core.store import JobStore
 from modelproxy.portal import iterate_sync, run_sync
 from producer.stream_reader import Follow, StreamReader
-from worker.contract import FINAL, ChunkEntry, JobRecord, JobStatus
-from worker.store import JobStore
 
 POLL_MIN_S = 0.02
 POLL_MAX_S = 0.5
@@ -136,15 +138,17 @@ class AsyncJob:
 
     async def _events(self, follow: Follow) -> AsyncIterator[StreamEvent]:
         attempt_seen = 0
-        delivered = follow.position  # the last entry yielded
+        delivered = follow.position  # the last entry yielded or skipped
         while True:
             entries = await follow.read(STREAM_BLOCK_S)
             for entry_id, fields in entries:
                 entry = ChunkEntry.from_redis(fields)
+                delivered = entry_id
+                if entry.attempt < attempt_seen:
+                    continue  # a superseded attempt's: its text is dropped already
                 if attempt_seen and entry.attempt > attempt_seen:
                     yield StreamEvent(entry_id, entry.attempt, "restart")
-                attempt_seen = max(attempt_seen, entry.attempt)
-                delivered = entry_id
+                attempt_seen = entry.attempt
                 yield _event(entry_id, entry)
                 if entry.kind == "done":
                     return

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import httpx
 
+from core.embedded_redis import free_port, redis_server
 from modelproxy import Config
-from modelproxy.emulator.local import uses_real_service
-from worker.embedded_redis import free_port, redis_server
+from producer.local_endpoint import uses_real_service
 
 STOP_TIMEOUT_S = 20.0
 START_TIMEOUT_S = 30.0

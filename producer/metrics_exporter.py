@@ -28,11 +28,13 @@ from prometheus_client import CollectorRegistry, start_wsgi_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from redis.exceptions import RedisError
 
+from core.celery_app import broker_url
+from core.contract import RedisHash, decode_hash
+from core.dispatch import QUEUES
+from core.keys import Keys
+from core.settings import Settings
 from producer.cli_common import EXIT_USAGE, fail
-from worker.contract import RedisHash, decode_hash
-from worker.keys import Keys
-from worker.metrics import METRICS, decode_field, metrics_key
-from worker.settings import Settings
+from worker.metrics import METRICS, decode_field
 
 REDIS_CONNECT_TIMEOUT_S = 1.0
 REDIS_TIMEOUT_S = 2.0
@@ -52,25 +54,15 @@ class BrokerQueues:
     """Where the Redis broker keeps the lists of our queues."""
 
     url: str
-    key_prefix: str
-    names: tuple[str, ...]
+    keys: Keys
 
     @classmethod
     def from_settings(cls, settings: Settings) -> BrokerQueues | None:
         """None when the broker is not Redis (RabbitMQ has its own exporter)."""
-        from worker.app import (  # noqa: PLC0415 - imports Celery
-            INFERENCE_QUEUE,
-            MANAGEMENT_QUEUE,
-            broker_url,
-            celery_config,
-        )
-
         url = broker_url(settings)
         if urlparse(url).scheme not in REDIS_BROKER_SCHEMES:
             return None
-        options = celery_config(settings)["broker_transport_options"]
-        return cls(url, str(options.get("global_keyprefix", "")),
-                   (INFERENCE_QUEUE, MANAGEMENT_QUEUE))
+        return cls(url, Keys(settings.key_prefix))
 
 
 def counter_samples(raw: RedisHash) -> dict[str, dict[LabelValues, float]]:
@@ -93,7 +85,7 @@ class MpqCollector:
         if not settings.redis_url:
             raise ValueError("no Redis: set MPQ_REDIS_URL (or REDIS_URL)")
         self._store = _client(settings.redis_url)
-        self._key = metrics_key(Keys(settings.key_prefix))
+        self._key = Keys(settings.key_prefix).metrics()
         self._queues = BrokerQueues.from_settings(settings)
         self._broker = (None if self._queues is None else self._store
                         if self._queues.url == settings.redis_url else _client(self._queues.url))
@@ -116,9 +108,9 @@ class MpqCollector:
         if self._queues is None or self._broker is None:
             return {}
         pipe = self._broker.pipeline(transaction=False)
-        for name in self._queues.names:
-            pipe.llen(f"{self._queues.key_prefix}{name}")
-        return dict(zip(self._queues.names, pipe.execute(), strict=True))
+        for name in QUEUES:
+            pipe.llen(self._queues.keys.broker_queue(name))
+        return dict(zip(QUEUES, pipe.execute(), strict=True))
 
     @staticmethod
     def _counters(samples: dict[str, dict[LabelValues, float]]) -> Iterable[Metric]:

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 
 from redis.exceptions import RedisError
 
-from worker.store import JobStore, StreamEntries
+from core.store import JobStore, StreamEntries
 
 READ_BLOCK_MS = 1000
 CLOSE_TIMEOUT_S = 5.0

@@ -6,6 +6,10 @@ every 0.5 ms, and a write of its own cost each chunk ~35 µs of CPU more than it
 a common one. One write is in flight at a time, which keeps each stream's order; entries
 that come meanwhile go with the next. `flush_ms` > 0 spaces the writes out that long, for
 fewer, larger ones.
+
+Writes are fenced by attempt (core/lua/append_chunks.lua): once an attempt no longer owns its
+job (superseded, ended, or its lease ran out while the process was paused), its entries are
+refused and its writer stops the attempt like a lost lease, at its next entry.
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ import logging
 import time
 from typing import Any
 
-from worker.contract import ChunkEntry, ChunkKind
-from worker.store import JobStore
+from core.contract import ChunkEntry, ChunkKind
+from core.store import JobStore
+from worker.lease import AttemptStopped
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +59,8 @@ class ChunkSink:
             written, self._next = self._next, None
             self._last_write = time.monotonic()
             try:
-                await self._store.append_to_streams(
-                    {writer.job_id: entries for writer, entries in pending.items()})
+                added = await self._store.append_to_streams(
+                    {writer.key: entries for writer, entries in pending.items()})
             except Exception as exc:
                 # Each stream now has a gap: its writer fails the attempt when it closes.
                 logger.warning("chunk write of %d streams failed: %s", len(pending), exc)
@@ -63,7 +68,7 @@ class ChunkSink:
                     writer.failure = writer.failure or exc
             else:
                 for writer, entries in pending.items():
-                    writer.written += len(entries)
+                    writer.wrote(len(entries), added[writer.key] is not None)
             finally:
                 assert written is not None  # set by add() with the entries just taken
                 written.set_result(None)
@@ -77,12 +82,31 @@ class ChunkWriter:
         self._sink = sink
         self.job_id = job_id
         self._attempt = attempt
+        self.key = (job_id, attempt)
         self._seq = 0
         self._last_write: asyncio.Future[None] | None = None
         self.written = 0
-        self.failure: BaseException | None = None  # the first write of ours that failed
+        # The first write of ours that failed; `AttemptStopped` once one was refused.
+        self.failure: BaseException | None = None
+
+    @property
+    def stopped(self) -> bool:
+        """A write was refused: the job is no longer this attempt's."""
+        return isinstance(self.failure, AttemptStopped)
+
+    def wrote(self, count: int, accepted: bool) -> None:
+        """The sink's report on a write of `count` of our entries."""
+        if accepted:
+            self.written += count
+        elif not self.stopped:
+            logger.warning("job %s attempt %d: chunk writes refused (superseded, ended or "
+                           "lease lost): stopping", self.job_id, self._attempt)
+            self.failure = AttemptStopped(self.job_id)
 
     def delta(self, data: dict[str, Any]) -> None:
+        """Queue a `delta`; raises `AttemptStopped` once a write of ours was refused."""
+        if self.stopped:
+            raise AttemptStopped(self.job_id)
         self._add("delta", data)
 
     def last(self, data: dict[str, Any]) -> ChunkEntry:
@@ -91,7 +115,8 @@ class ChunkWriter:
         return self._entry("done", data)
 
     async def error(self, message: str) -> None:
-        self._add("error", {"error": message})
+        if not self.stopped:  # else it would be refused: the stream is another's now
+            self._add("error", {"error": message})
         await self.close()
 
     async def close(self) -> None:

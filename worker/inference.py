@@ -1,8 +1,13 @@
 """Inference jobs: chat completions and the Responses API, streamed or not.
 
-Before the call: a cluster-wide permit (requests, estimated tokens, concurrency). After:
-the permit's lease is released and the token estimate reconciled with real usage.
+Before the call: a cluster-wide permit (requests, estimated tokens, concurrency). During:
+its concurrency slot is renewed with the job's lease. After: the slot is released and the
+token estimate reconciled with real usage.
 Streamed chunks go to the job's Redis stream as they arrive.
+
+Hard limits per attempt (settings): the upstream call's total time, a non-streamed body's
+bytes, a stream's bytes and events. Past one the attempt ends with a `LimitExceededError`,
+never retried: the worker holds no more than the limit, and the slot is free again.
 """
 
 from __future__ import annotations
@@ -10,16 +15,21 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import AsyncIterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
+from core.contract import ChunkEntry, JobKind, JobRecord
+from core.keys import LimiterKeys
+from core.settings import Settings
 from modelproxy import Status
-from modelproxy.data import DataAPI, chat_body, responses_body
+from modelproxy.data import DataAPI, ResponseLimits, chat_body, responses_body
 from modelproxy.errors import ConflictError
 from modelproxy.inference import ChatCompletionChunk, ResponseStreamEvent
 from modelproxy.sse import RESPONSE_END_EVENTS
+from modelproxy.transport import deadline
 from worker.chunks import ChunkWriter
-from worker.contract import ChunkEntry, JobKind, JobRecord
 from worker.proxy_cache import CachedProxy
 from worker.ratelimit import Limits, Permit, estimate_tokens, merge_limits
 from worker.runtime import Runtime
@@ -29,7 +39,8 @@ TRANSITIONAL = frozenset({Status.CREATING.value, Status.UPDATING.value})
 
 
 class NoPermit(Exception):
-    """The rate limiter asks for a wait longer than a slot should be held."""
+    """The rate limiter asks for a wait longer than a slot should be held. Raised only before
+    the upstream call: the runner then gives the attempt's number back (no try was made)."""
 
     def __init__(self, wait_s: float, reason: str) -> None:
         super().__init__(f"waiting {wait_s:.1f} s for a {reason} permit")
@@ -51,8 +62,18 @@ class JobResult:
     last_chunk: ChunkEntry | None = None  # a stream's `done`, written with the final state
 
 
-def limiter_key(rt: Runtime, proxy: str) -> str:
-    return rt.keys.ratelimit(proxy, "limits")
+def response_limits(settings: Settings) -> ResponseLimits:
+    """The caps of one upstream answer, from settings."""
+    return ResponseLimits(max_body_bytes=settings.max_response_bytes,
+                          max_stream_bytes=settings.max_stream_bytes,
+                          max_stream_events=settings.max_stream_chunks)
+
+
+def configured_limits(settings: Settings) -> Limits:
+    """The per-proxy limits from settings (merged with each proxy's declared policies)."""
+    return Limits(requests_per_minute=settings.requests_per_minute,
+                  tokens_per_minute=settings.tokens_per_minute,
+                  max_concurrency=settings.max_concurrency)
 
 
 async def run_inference(rt: Runtime, job: JobRecord, attempt: int) -> JobResult:
@@ -61,8 +82,8 @@ async def run_inference(rt: Runtime, job: JobRecord, attempt: int) -> JobResult:
         await rt.cache.invalidate(job.proxy)
         raise ProxyNotReady(f"proxy {job.proxy} is {proxy.status}", status_code=409)
     body = _request_body(job, proxy)
-    limits = merge_limits(rt.settings.limits(), proxy.declared_limits())
-    key = limiter_key(rt, proxy.name)
+    limits = merge_limits(configured_limits(rt.settings), proxy.declared_limits())
+    key = rt.keys.limiter(proxy.name)
     if limits == UNLIMITED:
         # Nothing to count, but a shared cool-down after a 429 still applies.
         remaining_s = await rt.limiter.cooldown_remaining_s(key)
@@ -73,8 +94,8 @@ async def run_inference(rt: Runtime, job: JobRecord, attempt: int) -> JobResult:
     cost = estimate_tokens(body)
     asked = time.monotonic()
     permit = await rt.limiter.wait_for_permit(
-        key, limits, cost, f"{job.id}:{attempt}",
-        rt.settings.request_timeout_s + rt.settings.lease_s, rt.settings.permit_max_wait_s,
+        key, limits, cost, f"{job.id}:{attempt}", rt.leases.hold_ttl_s,
+        rt.settings.permit_max_wait_s,
     )
     if not isinstance(permit, Permit):
         rt.metrics.permit_requeued(proxy.name, time.monotonic() - asked)
@@ -82,11 +103,23 @@ async def run_inference(rt: Runtime, job: JobRecord, attempt: int) -> JobResult:
     rt.metrics.permit(proxy.name, time.monotonic() - asked)
     outcome: JobResult | None = None
     try:
-        outcome = await _call(rt, job, attempt, proxy.name, body)
+        with _slot_renewed(rt, job, attempt, key=key, permit=permit, limits=limits):
+            outcome = await _call(rt, job, attempt, proxy.name, body)
         return outcome
     finally:
         used = _total_tokens(outcome.usage) if outcome else None
         await rt.limiter.settle(key, permit.lease_id, limits, 0 if used is None else used - cost)
+
+
+def _slot_renewed(
+    rt: Runtime, job: JobRecord, attempt: int, *, key: LimiterKeys, permit: Permit, limits: Limits
+) -> AbstractContextManager[None]:
+    """Keep the permit's concurrency slot while the call runs, however long it streams."""
+    if limits.max_concurrency is None:
+        return nullcontext()  # no slot was taken
+    renew = partial(rt.limiter.queue_renew, keys=key, lease_id=permit.lease_id,
+                    lease_ttl_s=rt.leases.hold_ttl_s)
+    return rt.leases.holding(job.id, attempt, renew)
 
 
 def _request_body(job: JobRecord, proxy: CachedProxy) -> dict[str, Any]:
@@ -108,19 +141,19 @@ def _total_tokens(usage: dict[str, Any] | None) -> int | None:
 async def _call(
     rt: Runtime, job: JobRecord, attempt: int, proxy: str, body: dict[str, Any]
 ) -> JobResult:
-    data = DataAPI(proxy, rt.config)
+    data = DataAPI(proxy, rt.config, response_limits(rt.settings))
+    timeout_s = rt.settings.attempt_timeout_s
     if not body.get("stream"):
-        if job.kind == JobKind.CHAT:
-            reply = (await data.chat(body)).model_dump(exclude_none=True)
-        else:
-            reply = (await data.responses(body)).model_dump(exclude_none=True)
+        async with deadline(timeout_s, "attempt"):
+            reply = await _reply(data, job.kind, body)
         return JobResult(reply, reply.get("usage"))
     writer = rt.chunks.writer(job.id, attempt)
     try:
-        if job.kind == JobKind.CHAT:
-            result = await _stream_chat(data.chat_stream(body), writer)
-        else:
-            result = await _stream_responses(data.responses_stream(body), writer)
+        async with deadline(timeout_s, "attempt"):
+            if job.kind == JobKind.CHAT:
+                result = await _stream_chat(data.chat_stream(body), writer)
+            else:
+                result = await _stream_responses(data.responses_stream(body), writer)
         await writer.close()  # every delta is in before the final state and its `done`
     except BaseException as exc:
         await writer.error(str(exc) or type(exc).__name__)
@@ -129,6 +162,12 @@ async def _call(
     rt.metrics.stream_chunks(proxy, writer.written + 1)
     done = writer.last({"finish_reason": _finish_reason(result), "usage": result.usage})
     return dataclasses.replace(result, last_chunk=done)
+
+
+async def _reply(data: DataAPI, kind: JobKind, body: dict[str, Any]) -> dict[str, Any]:
+    if kind == JobKind.CHAT:
+        return (await data.chat(body)).model_dump(exclude_none=True)
+    return (await data.responses(body)).model_dump(exclude_none=True)
 
 
 def _finish_reason(result: JobResult) -> str | None:

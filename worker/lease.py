@@ -4,24 +4,35 @@ cancelled (within `check_s`) or another attempt took over (at the next renewal).
 
 Cancels are noticed without touching every lease: each one bumps a counter, which the
 keeper reads every `check_s` (one GET, however many jobs run) and renews early when it
-moved; a renewal refuses, and so stops, the attempts whose job is no longer theirs."""
+moved; a renewal refuses, and so stops, the attempts whose job is no longer theirs.
+
+What an attempt holds besides its lease (a rate-limit permit's concurrency slot) is renewed
+in the same round trip, with a TTL of `hold_ttl_s`: a long call keeps its slot, and the slot
+of a dead worker frees soon after its renewals stop."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
-from worker.store import JobStore
+from core.store import JobStore
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
 LeaseKey = tuple[str, int]  # (job id, attempt)
+# Queues one renewal command on the keeper's pipeline; its reply is true if still held.
+Renewal = Callable[[Pipeline], Awaitable[None]]
+# A hold outlives a missed renewal or two (they come every lease_s / 3) and a short Redis
+# outage, yet frees within two leases once its worker is gone.
+HOLD_TTL_LEASES = 2.0
 
 
 class AttemptStopped(Exception):
@@ -37,6 +48,7 @@ class LeaseKeeper:
         self._renewed_at = 0.0  # time.monotonic() of the last renewal
         self._cancels: int | None = None  # the counter as last read
         self._running: dict[LeaseKey, asyncio.Future[Any]] = {}
+        self._holds: dict[LeaseKey, Renewal] = {}
         self._stopped: set[LeaseKey] = set()
         self._keeper: asyncio.Task[None] | None = None
 
@@ -55,9 +67,26 @@ class LeaseKeeper:
             raise
         finally:
             self._running.pop(key, None)
+            self._holds.pop(key, None)
             self._stopped.discard(key)
             if not task.done():
                 task.cancel()
+
+    @property
+    def hold_ttl_s(self) -> float:
+        """The TTL to give what an attempt holds with `holding`."""
+        return self._lease_s * HOLD_TTL_LEASES
+
+    @contextmanager
+    def holding(self, job_id: str, attempt: int, renew: Renewal) -> Iterator[None]:
+        """Renew what a running attempt holds (one thing, TTL `hold_ttl_s`) together with
+        its lease, until the block ends."""
+        key = (job_id, attempt)
+        self._holds[key] = renew
+        try:
+            yield
+        finally:
+            self._holds.pop(key, None)
 
     async def _keep(self) -> None:
         while self._running:
@@ -76,8 +105,16 @@ class LeaseKeeper:
 
     async def _renew(self) -> None:
         keys = list(self._running)
-        alive = await self._store.renew_many(keys, self._lease_s)
+        holds = [(key, self._holds[key]) for key in keys if key in self._holds]
+        replies = await self._store.renew_many(
+            keys, self._lease_s, also=[renew for _, renew in holds]
+        )
         self._renewed_at = time.monotonic()
+        alive, held = replies[: len(keys)], replies[len(keys) :]
+        for (key, renew), ok in zip(holds, held, strict=True):
+            # A hold released while its renewal was on the way is not lost, only done.
+            if not ok and self._holds.get(key) is renew:
+                logger.warning("job %s attempt %d: its hold had expired before renewal", *key)
         for key, ok in zip(keys, alive, strict=True):
             task = self._running.get(key)
             if not ok and task is not None:

@@ -11,6 +11,7 @@ import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from core.contract import JobKind, JobRecord
 from modelproxy import (
     ModelProxy,
     ModelProxyCreateInput,
@@ -19,7 +20,6 @@ from modelproxy import (
     ResourceNotExistError,
 )
 from modelproxy.errors import ConfigError
-from worker.contract import JobKind, JobRecord
 from worker.runtime import Runtime
 
 DEFAULT_WAIT_TIMEOUT_S = 300.0

@@ -9,6 +9,18 @@ the next one.
 
 A hash field is ``json([metric, {label: value}])``: label values need no escaping.
 Seconds are counted as integer milliseconds (HINCRBY only) and exported as seconds.
+
+Bounded: every field is a series Prometheus keeps, and the `proxy` label comes from user
+input (a job may name any proxy, even one that does not exist). A proxy label is the proxy's
+name only for a name that follows the proxy-name rule (``core.contract.PROXY_NAME_PATTERN``),
+among the first ``max_proxies`` such names of the process; a job whose proxy
+does not exist (`ProxyNotFoundError`) or whose name breaks the rule counts under
+``(unknown proxy)``, names past the cap under ``(other proxies)`` (neither can be a proxy's
+name). So the hash holds the two buckets and at most ``max_proxies`` names per worker
+process that wrote to it; the other labels take their values from the code (job kinds,
+states, error classes). Each flush also renews the hash's TTL (the result retention): it is
+gone once no worker writes to it any more, and the next one starts from zero (a counter
+reset, which Prometheus's `rate()` handles).
 """
 
 from __future__ import annotations
@@ -24,12 +36,17 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from modelproxy.errors import RateLimitedError
-from worker.keys import Keys
+from core.contract import PROXY_NAME_PATTERN
+from modelproxy.errors import ProxyNotFoundError, RateLimitedError
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_FLUSH_INTERVAL_S = 1.0
+DEFAULT_TTL_S = 7 * 24 * 3600  # core.settings' result_ttl_s default
+DEFAULT_MAX_PROXIES = 200  # distinct proxy label values per process, buckets aside
+OTHER_PROXIES = "(other proxies)"
+UNKNOWN_PROXY = "(unknown proxy)"
+_BUCKETS = frozenset({OTHER_PROXIES, UNKNOWN_PROXY})
 # A permit that took longer than this waited for the limiter (shorter: one Redis round trip).
 PERMIT_WAIT_THRESHOLD_S = 0.02
 
@@ -81,11 +98,6 @@ _USAGE_FIELDS = {"prompt_tokens": "prompt", "input_tokens": "prompt",
                  "completion_tokens": "completion", "output_tokens": "completion"}
 
 
-def metrics_key(keys: Keys) -> str:
-    """The hash of counters (``{prefix}metrics``)."""
-    return f"{keys.prefix}metrics"
-
-
 @functools.lru_cache(maxsize=4096)
 def encode_field(metric: str, labels: tuple[tuple[str, str], ...]) -> str:
     return json.dumps([metric, dict(labels)], sort_keys=True, separators=(",", ":"))
@@ -107,19 +119,36 @@ class MetricsRecorder:
     """The counters of one worker process; every method is cheap and never raises."""
 
     def __init__(self, redis: aioredis.Redis, key: str,
-                 flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S) -> None:
+                 flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S, *,
+                 ttl_s: int = DEFAULT_TTL_S, max_proxies: int = DEFAULT_MAX_PROXIES) -> None:
         self._redis = redis
         self._key = key
         self._interval_s = flush_interval_s
+        self._ttl_s = ttl_s
+        self._max_proxies = max_proxies
+        self._proxies: set[str] = set()  # the names labelled as themselves
         self._pending: dict[str, int] = {}
         self._flusher: asyncio.Task[None] | None = None
 
     def add(self, metric: str, amount: int = 1, **labels: str) -> None:
         if amount <= 0:
             return
+        if "proxy" in labels:
+            labels["proxy"] = self.proxy_label(labels["proxy"])
         field = encode_field(metric, tuple(sorted(labels.items())))
         self._pending[field] = self._pending.get(field, 0) + amount
         self._schedule()
+
+    def proxy_label(self, name: str) -> str:
+        """The `proxy` label value for a proxy name (see the module's doc)."""
+        if name in self._proxies or name in _BUCKETS:
+            return name
+        if not PROXY_NAME_PATTERN.fullmatch(name):
+            return UNKNOWN_PROXY
+        if len(self._proxies) >= self._max_proxies:
+            return OTHER_PROXIES
+        self._proxies.add(name)
+        return name
 
     # The events the worker reports.
     def job_started(self, kind: str) -> None:
@@ -144,6 +173,8 @@ class MetricsRecorder:
         self.add(PERMIT_WAITS, proxy=proxy, result="requeued")
 
     def attempt_failed(self, proxy: str, exc: BaseException) -> None:
+        if isinstance(exc, ProxyNotFoundError):
+            proxy = UNKNOWN_PROXY
         self.add(ATTEMPT_ERRORS, proxy=proxy, error=type(exc).__name__)
         if isinstance(exc, RateLimitedError):  # every 429, with or without Retry-After
             self.add(UPSTREAM_429, proxy=proxy)
@@ -170,7 +201,8 @@ class MetricsRecorder:
                 logger.warning("metrics flush failed (kept for the next one): %s", exc)
 
     async def flush(self) -> None:
-        """Add the pending counts to the hash now (one pipelined round trip)."""
+        """Add the pending counts to the hash now and renew its TTL (one pipelined round
+        trip)."""
         batch, self._pending = self._pending, {}
         if not batch:
             return
@@ -178,6 +210,7 @@ class MetricsRecorder:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for field, amount in batch.items():
                     pipe.hincrby(self._key, field, amount)
+                pipe.expire(self._key, self._ttl_s)
                 await pipe.execute()
         except RedisError:
             for field, amount in batch.items():

@@ -4,33 +4,79 @@ kombu's Redis transport takes a message off its queue (BRPOP) and records it as 
 a second round trip: a worker killed, or a Redis shut down, between the two loses the
 message; its job would stay queued forever. The job records know better: every job that is
 not final is in the `jobs:open` sorted set (finish_job.lua removes it). Every `check_s` one
-worker (a lock) looks at the open jobs not seen progressing for `grace_s`: one with no live
-lease, no pending backoff, whose queue is empty and which no unacked message names, gets a
-new message. A duplicate is harmless: claims are fenced.
+worker (a lock) looks at up to LIMIT open jobs not seen progressing for `grace_s`: one with
+no live lease, no pending backoff, that no unacked message names, and whose message cannot
+still be waiting in its queue, gets a new message. A duplicate is harmless (claims are
+fenced) but costs a delivery, so only a job shown to have no message is sent again.
+
+Waiting or gone, without reading a long queue: a queue is FIFO (publishers LPUSH, consumers
+BRPOP the other end; a message kombu restores goes back to the consuming end, and it was
+published before everything still queued). So a queued message was published after each of
+the oldest ones, the TAIL messages at the consuming end, which are the only ones read. Each
+of them was published after its *floor*: its job's `created_at`, or for a requeue (a retry
+with a countdown, which never exceeds `requeue_max_delay_s`) its ETA minus that. A job's
+newest message was published by its *last send*: every publish, requeue and resend stamps
+`published_ms` on its record (core/store.py), and a deferral of a busy job, not stamped,
+goes before that job's lease or backoff ends. A job not named by a tail message, whose last
+send is older than the newest floor minus `grace_s` (clocks of several hosts, a stamp
+written just before its message), has no message left in the queue. An empty queue holds
+none at all.
+
+Cost per sweep, whatever the queues' lengths: one ZRANGEBYSCORE, one MULTI with an LRANGE
+of TAIL messages per queue and the HVALS of the unacked messages, one pipeline of an HGET
+per tail message, up to LIMIT HGETALL, one ZADD.
+
+Left to a later sweep, or a rare duplicate: a message between BRPOP and its unacked record;
+a requeue that an outage of the job store kept from being stamped; many messages of a dead
+worker put back at the consuming end in another order than they were published.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import logging
+import math
 import re
 import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from celery import Celery
 from pydantic import ValidationError
 
-from worker.app import INFERENCE_QUEUE, MANAGEMENT_QUEUE
-from worker.contract import FINAL, JobKind, JobRecord
+from core.contract import FINAL, JobKind, JobRecord
+from core.dispatch import QUEUES, publish, queue_for
+from core.store import PUBLISHED_MS
 from worker.runtime import Runtime
 
 logger = logging.getLogger(__name__)
 LIMIT = 1000
-_JOB_ID = re.compile(r"[0-9a-f]{32}")  # worker.contract.new_id
+TAIL = 10  # oldest messages read per queue
+_JOB_ID = re.compile(r"[0-9a-f]{32}")  # core.contract.new_id
+_UNKNOWN = -math.inf
 
 
-def _queue(kind: str) -> str:
-    return MANAGEMENT_QUEUE if JobKind(kind).is_management else INFERENCE_QUEUE
+@dataclass(frozen=True)
+class Broker:
+    """One atomic look at the broker: the tail of each queue, and the unacked messages."""
+
+    tails: Mapping[str, Sequence[str]]  # queue -> its oldest messages
+    unacked: Sequence[str]
+
+    def named(self) -> set[str]:
+        """Job ids named in the tails or in unacked messages (their summaries say `job=`)."""
+        texts = [*self.unacked, *(m for messages in self.tails.values() for m in messages)]
+        return {found for text in texts for found in _JOB_ID.findall(text)}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    record: JobRecord
+    last_send_ms: float  # its newest message was published by then
 
 
 async def sweep(rt: Runtime, celery: Celery, grace_s: float) -> int:
@@ -42,13 +88,42 @@ async def sweep(rt: Runtime, celery: Celery, grace_s: float) -> int:
         open_key, "-inf", now_ms - grace_s * 1000, start=0, num=LIMIT)]
     if not ids:
         return 0
+    # The broker before the records: a job whose message moves on after this look is seen
+    # claimed (a live lease) or, if not claimed yet, was sent after the tail (its last send).
+    broker = await _look_at_broker(rt)
     async with redis.pipeline(transaction=False) as pipe:
         for job_id in ids:
             pipe.hgetall(rt.keys.job(job_id))
         raws: list[dict[str, str]] = await pipe.execute()
+    done, waiting, candidates = _sort_out(ids, raws, now_ms)
+    horizons = await _horizons(rt, broker, grace_s * 1000)
+    named = broker.named()
+    orphans = [c.record for c in candidates if c.record.id not in named
+               and c.last_send_ms < horizons[queue_for(JobKind(c.record.kind))]]
+    if orphans:
+        logger.warning("%d jobs had no broker message: sending them again: %s",
+                       len(orphans), " ".join(r.id for r in orphans[:10]))
+        # Stamped first: the new message must not look older than it is to the next sweep.
+        await rt.store.mark_published([r.id for r in orphans])
+        await asyncio.to_thread(publish, celery, orphans)
+    async with redis.pipeline(transaction=False) as pipe:
+        if done:
+            pipe.zrem(open_key, *done)
+        seen = [*waiting, *(c.record.id for c in candidates)]
+        if seen:
+            pipe.zadd(open_key, dict.fromkeys(seen, now_ms))
+        await pipe.execute()
+    return len(orphans)
+
+
+def _sort_out(
+    ids: Sequence[str], raws: Sequence[dict[str, str]], now_ms: int
+) -> tuple[list[str], list[str], list[Candidate]]:
+    """Job ids to forget (final, gone, unreadable), ids busy with a lease or a backoff, and
+    the candidates."""
     done: list[str] = []
-    waiting: list[JobRecord] = []
-    candidates: list[JobRecord] = []
+    waiting: list[str] = []
+    candidates: list[Candidate] = []
     for job_id, raw in zip(ids, raws, strict=True):
         if not raw or raw.get("status") in {s.value for s in FINAL}:
             done.append(job_id)
@@ -59,31 +134,77 @@ async def sweep(rt: Runtime, celery: Celery, grace_s: float) -> int:
             logger.warning("job %s: unreadable record, no longer watched: %s", job_id, exc)
             done.append(job_id)
             continue
-        busy_until = max(int(raw.get("lease_until_ms") or 0) if raw.get("status") == "running"
-                         else 0, int(raw.get("not_before_ms") or 0))
-        (waiting if busy_until > now_ms else candidates).append(record)
-    prefix = f"{rt.settings.key_prefix}broker:"
-    backlog = {queue: await redis.llen(prefix + queue)
-               for queue in (INFERENCE_QUEUE, MANAGEMENT_QUEUE)}
-    # Job ids named anywhere in the unacked messages (their summaries carry `job=<id>`).
-    unacked = {found for message in await redis.hvals(prefix + "unacked")
-               for found in _JOB_ID.findall(str(message))}
-    orphans = [r for r in candidates
-               if backlog[_queue(r.kind)] == 0 and r.id not in unacked]
-    if orphans:
-        logger.warning("%d jobs had no broker message: sending them again: %s",
-                       len(orphans), " ".join(r.id for r in orphans[:10]))
-        from producer.submit import publish  # noqa: PLC0415 - producer imports worker.tasks
+        lease_until = int(raw.get("lease_until_ms") or 0)
+        not_before = int(raw.get("not_before_ms") or 0)
+        busy_until = max(lease_until if record.status == "running" else 0, not_before)
+        if busy_until > now_ms:
+            waiting.append(job_id)
+            continue
+        published = float(raw.get(PUBLISHED_MS) or record.created_at * 1000)
+        candidates.append(Candidate(record, max(published, lease_until, not_before)))
+    return done, waiting, candidates
 
-        await asyncio.to_thread(publish, celery, orphans)
-    async with redis.pipeline(transaction=False) as pipe:
-        if done:
-            pipe.zrem(open_key, *done)
-        seen = [*waiting, *candidates]
-        if seen:
-            pipe.zadd(open_key, {r.id: now_ms for r in seen})
-        await pipe.execute()
-    return len(orphans)
+
+async def _look_at_broker(rt: Runtime) -> Broker:
+    async with rt.redis.pipeline(transaction=True) as pipe:
+        for queue in QUEUES:
+            pipe.lrange(rt.keys.broker_queue(queue), -TAIL, -1)
+        pipe.hvals(rt.keys.broker_unacked())
+        *tails, unacked = await pipe.execute()
+    return Broker(dict(zip(QUEUES, [[_text(m) for m in t] for t in tails], strict=True)),
+                  [_text(m) for m in unacked])
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+async def _horizons(rt: Runtime, broker: Broker, grace_ms: float) -> dict[str, float]:
+    """Per queue: a job last sent before this (ms) has no message left in it."""
+    parsed = {queue: [_read_message(m) for m in messages]
+              for queue, messages in broker.tails.items()}
+    created = await _created_ms(rt, {job_id for entries in parsed.values()
+                                     for job_id, _ in entries if job_id})
+    longest_countdown_ms = rt.settings.requeue_max_delay_s * 1000
+    horizons: dict[str, float] = {}
+    for queue, entries in parsed.items():
+        if not broker.tails[queue]:
+            horizons[queue] = math.inf  # empty: every message published so far is taken
+            continue
+        floors = [max(created.get(job_id or "", _UNKNOWN), eta_ms - longest_countdown_ms)
+                  for job_id, eta_ms in entries]
+        horizons[queue] = max(floors, default=_UNKNOWN) - grace_ms
+    return horizons
+
+
+def _read_message(text: str) -> tuple[str | None, float]:
+    """The job a queued message is for (its task's argument) and its ETA in ms
+    (-inf without one); (None, -inf) for a message that is not a job's."""
+    try:
+        envelope = json.loads(text)
+        args = json.loads(base64.b64decode(envelope["body"]))[0]
+        eta = envelope["headers"].get("eta")
+        eta_ms = datetime.fromisoformat(eta).timestamp() * 1000 if eta else _UNKNOWN
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+        return None, _UNKNOWN
+    job_id = args[0] if args and isinstance(args[0], str) else None
+    return (job_id if job_id and _JOB_ID.fullmatch(job_id) else None), eta_ms
+
+
+async def _created_ms(rt: Runtime, job_ids: set[str]) -> dict[str, float]:
+    """When each job was created (ms); a job whose record is gone is left out."""
+    ordered = sorted(job_ids)
+    async with rt.redis.pipeline(transaction=False) as pipe:
+        for job_id in ordered:
+            pipe.hget(rt.keys.job(job_id), "created_at")
+        replies = await pipe.execute()
+    created: dict[str, float] = {}
+    for job_id, value in zip(ordered, replies, strict=True):
+        try:
+            created[job_id] = float(value) * 1000
+        except (TypeError, ValueError):
+            continue
+    return created
 
 
 async def sweep_forever(rt: Runtime, celery: Celery, check_s: float, grace_s: float) -> None:
@@ -102,5 +223,9 @@ _sweeper: asyncio.Task[Any] | None = None
 
 async def start(rt: Runtime, celery: Celery, check_s: float, grace_s: float) -> None:
     global _sweeper  # noqa: PLW0603 - one per process
+    if rt.settings.broker_url not in (None, rt.settings.redis_url):
+        # Its queues are not in this Redis: every open job would look orphaned.
+        logger.info("orphan sweep off: the broker is not the job store's Redis")
+        return
     if _sweeper is None or _sweeper.done():
         _sweeper = asyncio.ensure_future(sweep_forever(rt, celery, check_s, grace_s))

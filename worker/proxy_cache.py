@@ -20,18 +20,17 @@ import logging
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
-from typing import ClassVar
 
 from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.typing import EncodableT, FieldT
 
+from core.contract import decode_hash
+from core.keys import Keys
 from modelproxy import Config, ModelProxy
-from modelproxy.errors import ResourceNotExistError
-from modelproxy.models import ModelProxyProps, ProxyConfigPolicies, Status, model_name_for
-from worker.contract import decode_hash
-from worker.keys import Keys
-from worker.ratelimit.policy import Limits
+from modelproxy.errors import ProxyNotFoundError, ResourceNotExistError
+from modelproxy.models import ModelProxyProps, Status, model_name_for
+from worker.ratelimit.policy import Limits, declared_limits
 
 logger = logging.getLogger(__name__)
 
@@ -44,30 +43,6 @@ MEMO_S = 1.0  # in-process reuse of a cached proxy (other processes see changes 
 VANISHED_RETENTION_S = 3600
 _SCAN_COUNT = 500
 _GLOB_SPECIAL = frozenset("*?[]\\")
-
-
-class ProxyUnavailable(Exception):
-    """The proxy cannot serve requests (e.g. it does not exist). Not retryable."""
-
-    retryable: ClassVar[bool] = False
-
-    def __init__(self, name: str, reason: str) -> None:
-        super().__init__(f"proxy {name} is unavailable: {reason}")
-        self.name = name
-        self.reason = reason
-
-
-def _positive(value: object) -> int | None:
-    # bool is an int subclass; a JSON `true` is not a limit.
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    return None
-
-
-def _declared_rpm(policies: ProxyConfigPolicies) -> int | None:
-    """The emulator's ``requestRateLimiter.rpm`` extension, kept as an extra field."""
-    limiter = (policies.model_extra or {}).get("requestRateLimiter")
-    return _positive(limiter.get("rpm")) if isinstance(limiter, Mapping) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,18 +62,9 @@ class CachedProxy:
         return cls(name, plain.status, model_name_for(plain), plain, fetched_at)
 
     def declared_limits(self) -> Limits:
-        """The limits the proxy's own policies declare; zero or missing means no limit."""
+        """The limits the proxy's own policies declare (``policy.declared_limits``)."""
         config = self.props.proxy_config
-        policies = config.policies if config else None
-        if policies is None:
-            return Limits()
-        tokens = policies.token_rate_limiter
-        return Limits(
-            requests_per_minute=_declared_rpm(policies),
-            tokens_per_minute=_positive(tokens.tpm) if tokens else None,
-            tokens_per_second=_positive(tokens.tps) if tokens else None,
-            max_concurrency=_positive(policies.concurrency_limit),
-        )
+        return declared_limits(config.policies if config else None)
 
     def to_hash(self) -> dict[FieldT, EncodableT]:
         return {
@@ -196,7 +162,7 @@ class ProxyCache:
     async def get(self, name: str) -> CachedProxy:
         """The proxy from the cache when fresh, else from the server (and cached).
 
-        Raises `ProxyUnavailable` when the server does not know it (cached briefly).
+        Raises `ProxyNotFoundError` when the server does not know it (cached briefly).
         """
         memo = self._memo.get(name)
         if memo is not None and time.monotonic() < memo[0]:
@@ -216,7 +182,7 @@ class ProxyCache:
         if entry is None or not self._is_fresh(entry, now_s):
             return await self._fetch_once(name, now_s)
         if entry.proxy is None:
-            raise ProxyUnavailable(name, reason="does not exist")
+            raise ProxyNotFoundError(name)
         return entry.proxy
 
     async def invalidate(self, name: str) -> None:
@@ -246,9 +212,9 @@ class ProxyCache:
     async def _fetch(self, name: str, now_s: float) -> CachedProxy:
         try:
             proxy = await ModelProxy.get_by_name_async(name, config=self.config)
-        except ResourceNotExistError:
+        except ResourceNotExistError as exc:
             await self._write([], [name], now_s)
-            raise ProxyUnavailable(name, reason="does not exist") from None
+            raise ProxyNotFoundError(name, request_id=exc.request_id) from None
         cached = CachedProxy.from_props(name, proxy, now_s)
         await self._write([cached], [], now_s)
         return cached
@@ -274,7 +240,7 @@ class ProxyCache:
         match = f"{_glob_escape(key_prefix)}*"
         async for key in self.redis.scan_iter(match=match, count=_SCAN_COUNT):
             name = _text(key)[len(key_prefix) :]
-            if ":" not in name:  # skip sub-keys such as proxy:{name}:cooldown
+            if ":" not in name:  # a proxy name has no ':': anything else is not its hash
                 yield name
 
     async def _newly_vanished(self, listed: set[str]) -> list[str]:

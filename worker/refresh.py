@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 from redis.asyncio.lock import Lock
 from redis.exceptions import LockError
 
-from worker.keys import Keys
+from core.keys import Keys
 from worker.proxy_cache import ProxyCache, RefreshReport
 
 logger = logging.getLogger(__name__)

@@ -10,14 +10,14 @@ from typing import Literal
 
 from pydantic import ValidationError
 
+from core.contract import JobKind, JobRecord, JobStatus
+from core.store import Claim
 from modelproxy.errors import ModelProxyError, RateLimitedError
-from worker.contract import JobKind, JobRecord, JobStatus
-from worker.inference import JobResult, NoPermit, limiter_key, run_inference
+from worker.inference import JobResult, NoPermit, run_inference
 from worker.lease import AttemptStopped
 from worker.management import run_management
 from worker.retry import describe, retry_after_s, retry_delay_s, should_retry
 from worker.runtime import Runtime
-from worker.store import Claim
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +49,12 @@ async def run_job(rt: Runtime, job_id: str) -> Outcome:
     rt.metrics.job_started(job.kind)
     outcome = await _attempt(rt, job, claim)
     rt.metrics.job_outcome(job.kind, outcome.status)
-    logger.info("job %s %s attempt %d %s elapsed_s=%.3f delay_s=%.3f", job_id, job.kind,
-                claim.attempt, outcome.status, time.monotonic() - started, outcome.delay_s)
+    # Why the job did not succeed goes on this one line: an expected failure (a 4xx, a
+    # missing proxy) is a warning, not a traceback.
+    level = logging.WARNING if outcome.status == JobStatus.FAILED else logging.INFO
+    logger.log(level, "job %s %s attempt %d %s elapsed_s=%.3f delay_s=%.3f%s", job_id,
+               job.kind, claim.attempt, outcome.status, time.monotonic() - started,
+               outcome.delay_s, f": {outcome.message}" if outcome.message else "")
     return outcome
 
 
@@ -59,8 +63,10 @@ async def _attempt(rt: Runtime, job: JobRecord, claim: Claim) -> Outcome:
         succeeded = await rt.leases.run(job.id, claim.attempt,
                                         _execute(rt, job, claim.attempt))
     except AttemptStopped:
-        return Outcome("skip", "stopped", message="cancelled or superseded while running")
+        return await _stopped(rt, job.id, claim.attempt)
     except NoPermit as wait:
+        # No permit, so no upstream call and nothing written under this attempt's number:
+        # the release gives the number back (a wait is not a try, see core/lua/claim_job.lua).
         await rt.store.release(job.id, claim.attempt)
         return Outcome("later", "waiting", wait.wait_s, str(wait))
     except (ModelProxyError, ValidationError) as exc:
@@ -68,11 +74,25 @@ async def _attempt(rt: Runtime, job: JobRecord, claim: Claim) -> Outcome:
     except Exception as exc:
         logger.exception("job %s: unexpected error", job.id)
         return await _failed(rt, job, claim, exc)
-    await rt.store.finish(job.id, claim.attempt, JobStatus.SUCCEEDED,
-                          result=succeeded.result, usage=succeeded.usage,
-                          last_chunk=succeeded.last_chunk)
-    rt.metrics.tokens(job.proxy, succeeded.usage)
+    written = await rt.store.finish(job.id, claim.attempt, JobStatus.SUCCEEDED,
+                                    result=succeeded.result, usage=succeeded.usage,
+                                    last_chunk=succeeded.last_chunk)
+    rt.metrics.tokens(job.proxy, succeeded.usage)  # the upstream counted them either way
+    if not written:
+        return Outcome("skip", "stopped", message="final write refused: cancelled or superseded")
     return Outcome("done", JobStatus.SUCCEEDED.value)
+
+
+async def _stopped(rt: Runtime, job_id: str, attempt: int) -> Outcome:
+    """The attempt was told to stop. Cancelled, finished or taken over: nothing is left to
+    do. Still this attempt's, not final: its lease lapsed (a paused process) and its writes
+    were refused, yet nobody took over, so the job goes back to the queue at once and the
+    next delivery claims it as a new attempt."""
+    record = await rt.store.load(job_id)
+    if record is None or record.status.is_final or record.attempt != attempt:
+        return Outcome("skip", "stopped", message="cancelled or superseded while running")
+    await rt.store.mark_published([job_id])  # a requeue, as the orphan sweep counts them
+    return Outcome("later", "stopped", 0.0, "lease lapsed while running: runs again")
 
 
 async def _execute(rt: Runtime, job: JobRecord, attempt: int) -> JobResult:
@@ -87,7 +107,7 @@ async def _failed(rt: Runtime, job: JobRecord, claim: Claim, exc: BaseException)
     if isinstance(exc, RateLimitedError):
         # Everyone backs off from this proxy, not only this worker.
         cooldown_s = exc.retry_after_s or rt.settings.default_cooldown_s
-        await rt.limiter.start_cooldown(limiter_key(rt, job.proxy), cooldown_s)
+        await rt.limiter.start_cooldown(rt.keys.limiter(job.proxy), cooldown_s)
     failures = claim.failures + 1
     if should_retry(exc) and failures < rt.settings.max_attempts:
         delay_s = retry_delay_s(

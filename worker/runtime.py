@@ -9,24 +9,17 @@ import threading
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from core.keys import Keys
+from core.redis_client import redis_client
+from core.settings import Settings
+from core.store import JobStore
 from modelproxy import Config
-from worker.autopipeline import AutoPipelineRedis
 from worker.chunks import ChunkSink
-from worker.keys import Keys
 from worker.lease import LeaseKeeper
-from worker.metrics import MetricsRecorder, metrics_key
+from worker.metrics import MetricsRecorder
 from worker.proxy_cache import ProxyCache
 from worker.ratelimit import RateLimiter
-from worker.settings import Settings
-from worker.store import JobStore
-
-REDIS_RETRIES = 20  # ~ a minute of backoff: a restarting Redis is waited for, not failed on
-DEFAULT_REDIS_CONNECTIONS = 64
 
 
 class NoRedisConfigured(RuntimeError):
@@ -46,25 +39,6 @@ class Runtime:
     worker_name: str
     leases: LeaseKeeper
     metrics: MetricsRecorder
-
-
-def redis_client(
-    url: str, max_connections: int = DEFAULT_REDIS_CONNECTIONS, retries: int = REDIS_RETRIES
-) -> aioredis.Redis:
-    """A client that rides out a Redis restart (reconnects with backoff), whose pool makes
-    callers wait for a connection instead of failing when all are busy, and that sends each
-    loop iteration's commands as one pipeline (worker/autopipeline.py)."""
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url,
-        max_connections=max_connections,
-        timeout=None,
-        decode_responses=True,
-        health_check_interval=10,
-        socket_connect_timeout=5,
-        retry=Retry(ExponentialBackoff(cap=5.0, base=0.1), retries),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError, ConnectionError],
-    )
-    return AutoPipelineRedis.from_pool(pool)
 
 
 def build_runtime(settings: Settings) -> Runtime:
@@ -88,7 +62,7 @@ def build_runtime(settings: Settings) -> Runtime:
         config=config,
         worker_name=f"{socket.gethostname()}:{os.getpid()}",
         leases=LeaseKeeper(store, lease_s=settings.lease_s, check_s=settings.cancel_check_s),
-        metrics=MetricsRecorder(client, metrics_key(keys)),
+        metrics=MetricsRecorder(client, keys.metrics(), ttl_s=settings.result_ttl_s),
     )
 
 

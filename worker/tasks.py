@@ -15,25 +15,15 @@ from celery import Task
 from celery.signals import worker_ready, worker_shutdown
 from redis.exceptions import RedisError
 
+from core.contract import JobKind, JobStatus
+from core.dispatch import REFRESH_TASK, TASK_NAMES
 from modelproxy.portal import run_sync
+from worker import orphans
 from worker.app import app
-from worker.contract import JobKind, JobStatus
 from worker.refresh import refresh_with_lock
 from worker.runner import run_job
 from worker.runtime import current_runtime, get_runtime
 
-TASK_NAMES: dict[JobKind, str] = {
-    JobKind.CHAT: "mpq.inference.chat",
-    JobKind.RESPONSES: "mpq.inference.responses",
-    JobKind.MGMT_CREATE: "mpq.management.create",
-    JobKind.MGMT_UPDATE: "mpq.management.update",
-    JobKind.MGMT_DELETE: "mpq.management.delete",
-    JobKind.MGMT_GET: "mpq.management.get",
-    JobKind.MGMT_LIST: "mpq.management.list",
-    JobKind.MGMT_REFRESH: "mpq.management.refresh",
-    JobKind.MGMT_WAIT: "mpq.management.wait",
-}
-REFRESH_TASK = "mpq.maintenance.refresh_proxies"
 REDIS_RETRY_MAX_S = 10.0
 
 
@@ -52,7 +42,9 @@ def execute(task: Task, job_id: str) -> dict[str, Any]:
     except RedisError as exc:
         # The store is unreachable: the job's state is unknown here, so it goes back to
         # the broker and the next delivery decides from the record (claims are fenced).
-        countdown_s = min(2.0 ** min(task.request.retries, 5), REDIS_RETRY_MAX_S)
+        # Under requeue_max_delay_s like every requeue: the orphan sweep counts on it.
+        countdown_s = min(2.0 ** min(task.request.retries, 5), REDIS_RETRY_MAX_S,
+                          runtime.settings.requeue_max_delay_s)
         raise task.retry(countdown=countdown_s, max_retries=None,
                          exc=JobRetry(f"job store unavailable: {exc}"),
                          argsrepr=task.request.argsrepr) from exc
@@ -94,8 +86,6 @@ def _freeze_startup_objects(**_: Any) -> None:
 @worker_ready.connect
 def _start_orphan_sweeper(**_: Any) -> None:
     """Find jobs whose broker message was lost (see worker/orphans.py)."""
-    from worker import orphans  # noqa: PLC0415 - it imports the producer, which imports us
-
     runtime = get_runtime()
     settings = runtime.settings
     run_sync(orphans.start(runtime, app, settings.orphan_check_s, settings.orphan_grace_s))

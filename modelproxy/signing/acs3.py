@@ -13,7 +13,7 @@ import hmac
 import secrets as _secrets
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from urllib.parse import quote, unquote_plus
+from urllib.parse import quote, unquote_plus, unquote_to_bytes
 
 ALGORITHM = "ACS3-HMAC-SHA256"
 API_VERSION = "2025-09-10"
@@ -32,6 +32,16 @@ def sha256_hex(data: bytes) -> str:
 def percent_encode(value: str) -> str:
     """RFC 3986 encoding: everything except ``A-Za-z0-9-_.~`` becomes ``%XX``."""
     return quote(value, safe="~")
+
+
+def canonical_path(path: str) -> str:
+    """Canonical URI: each ``/``-separated segment decoded, then RFC 3986-encoded.
+
+    Signer and verifier both build it here, so the signature does not depend on how the
+    path was escaped on the way (``*`` or ``%2A``, ``%2a``, ``'`` or ``%27`` all sign the
+    same), while an escaped ``/`` (``%2F``) stays distinct from a separator."""
+    segments = path.split("/")
+    return "/".join(quote(unquote_to_bytes(s), safe="~") for s in segments) or "/"
 
 
 def canonical_query(query: str) -> str:
@@ -70,7 +80,7 @@ def canonical_request(
     return "\n".join(
         [
             method.upper(),
-            path or "/",
+            canonical_path(path),
             canonical_query(query),
             canon_headers,
             ";".join(names),

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from urllib.parse import quote, unquote_plus, urlsplit
 
-from modelproxy.signing.acs3 import auth_params, lower_headers
+from modelproxy.signing.acs3 import auth_params, canonical_path, lower_headers
 
 ALGORITHM = "AGENTRUN4-HMAC-SHA256"
 AUTH_HEADER = "Agentrun-Authorization"
@@ -52,7 +52,7 @@ def canonical_request(method: str, url: str, signed: Mapping[str, str]) -> str:
     return "\n".join(
         [
             method.upper(),
-            parts.path or "/",
+            canonical_path(parts.path),
             canonical_query(parts.query),
             canon_headers,
             ";".join(names),

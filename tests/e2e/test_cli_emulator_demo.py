@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 import httpx
+import redis
+from polling import wait_until
 
-from worker.embedded_redis import free_port
+from core.embedded_redis import free_port
 
 MPQ = shutil.which("mpq", path=str(Path(sys.executable).parent)) or "mpq"
 
@@ -54,6 +60,74 @@ def test_emulator_refuses_open_public_bind() -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_emulator_with_credentials_still_refuses_a_public_bind() -> None:
+    env = {**os.environ, "AGENTRUN_ACCESS_KEY_ID": "AK", "AGENTRUN_ACCESS_KEY_SECRET": "SK"}
+    result = subprocess.run(
+        [MPQ, "emulator", "--host", "0.0.0.0", "--port", "0"],
+        capture_output=True, text=True, timeout=30, check=False, env=env,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "--allow-open" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_emulator_refuses_an_api_key_on_the_command_line() -> None:
+    result = subprocess.run(
+        [MPQ, "emulator", "--port", "0", "--api-key", "sk-visible"],
+        capture_output=True, text=True, timeout=30, check=False,
+    )
+    assert result.returncode == 2
+    assert "MPQ_EMULATOR_API_KEYS" in result.stderr
+    assert "--api-key-file" in result.stderr
+
+
+def _command_lines() -> list[bytes]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            found.append(cmdline.read_bytes())
+        except OSError:  # the process has gone
+            continue
+    return found
+
+
+def test_emulator_takes_api_keys_from_the_environment_and_a_file(tmp_path: Path) -> None:
+    keys = ["sk-env-canary-1", "sk-env-canary-2", "sk-file-canary-3"]
+    key_file = tmp_path / "keys"
+    key_file.write_text(f"\n{keys[2]}\n\n")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AGENTRUN_", "MPQ_"))}
+    env["MPQ_EMULATOR_API_KEYS"] = f"{keys[0]}, {keys[1]}"
+    process = subprocess.Popen(
+        [MPQ, "emulator", "--port", str(port), "--api-key-file", str(key_file)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                health = httpx.get(f"{url}/_emulator/health", timeout=1)  # open: no key
+                break
+            except httpx.TransportError:
+                assert process.poll() is None, process.stderr.read() if process.stderr else ""
+                assert time.monotonic() < deadline, "emulator did not start"
+                time.sleep(0.1)
+        assert health.status_code == 200
+        assert httpx.put(f"{url}/_emulator/settings", json={}).status_code == 401
+        for key in keys:
+            answer = httpx.get(f"{url}/_emulator/stats",
+                               headers={"Authorization": f"Bearer {key}"})
+            assert answer.status_code == 200, (key, answer.text)
+        lines = _command_lines()
+        assert any(str(key_file).encode() in line for line in lines)
+        assert not [line for line in lines if any(key.encode() in line for key in keys)]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=15)
+    assert process.returncode == 0, stderr
+
+
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("AGENTRUN_", "REDIS_URL", "MPQ_"))}
@@ -65,3 +139,36 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "demo finished" in result.stdout
     lines = (tmp_path / "mpq-demo-results.jsonl").read_text().splitlines()
     assert len({json.loads(line)["custom_id"] for line in lines}) == 200
+
+
+def test_up_prints_no_secret_and_writes_them_to_a_private_file(tmp_path: Path) -> None:
+    """`mpq up` shows masked URLs and where the env file is; the file (0600) has the URL
+    with its password, and the login, for another shell to source."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("AGENTRUN_", "REDIS_URL", "MPQ_"))}
+    out = tmp_path / "up.out"
+    with out.open("wb") as sink:
+        up = subprocess.Popen([MPQ, "up", "--slots", "4"], stdout=sink, stderr=subprocess.STDOUT,
+                              env=env, cwd=tmp_path)
+    try:
+        wait_until(lambda: "Ctrl-C stops everything." in out.read_text(errors="replace"),
+                   90, 0.2, what=lambda: out.read_text(errors="replace"))
+        printed = out.read_text()
+        found = re.search(r"are in (\S+) \(mode 0600\)", printed)
+        assert found, printed
+        env_file = Path(found.group(1))
+        assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+        values = dict(re.findall(r"^export (\w+)=(.*)$", env_file.read_text(), re.MULTILINE))
+        url = shlex.split(values["MPQ_REDIS_URL"])[0]
+        password = urlparse(url).password
+        flower_password = shlex.split(values["MPQ_FLOWER_PASSWORD"])[0]
+        assert password and flower_password
+        assert password not in printed and flower_password not in printed
+        assert "redis://***:***@127.0.0.1:" in printed
+        with redis.Redis.from_url(url) as client:
+            assert client.ping()
+    finally:
+        up.send_signal(signal.SIGTERM)
+        up.wait(60)
+    assert up.returncode == 0, out.read_text()
+    assert not env_file.exists()  # it went with the stack's private directory

@@ -11,9 +11,9 @@ import pytest
 import typer
 import yaml
 
+from core.settings import Settings
 from modelproxy.config import _ENV as MODELPROXY_ENV
 from producer.cli import app
-from worker.settings import Settings
 
 COMPOSE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
 SERVICES: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())["services"]

@@ -23,6 +23,16 @@ from pathlib import Path
 import httpx
 import pytest
 
+from core.celery_app import create_app
+from core.contract import JobKind, JobRecord
+from core.dispatch import enqueue, job_summary
+from core.embedded_redis import redis_server
+from core.keys import Keys
+from core.redis_client import redis_client
+from core.settings import Settings
+from core.store import JobStore
+from emulator.server import EmulatorServer
+from emulator.settings import EmulatorSettings
 from modelproxy import (
     Config,
     ModelProxy,
@@ -30,18 +40,8 @@ from modelproxy import (
     ProxyConfig,
     ProxyConfigEndpoint,
 )
-from modelproxy.emulator.server import EmulatorServer
-from modelproxy.emulator.settings import EmulatorSettings
 from producer.flower import TASK_COLUMNS
 from producer.local_stack import stop_processes
-from producer.submit import enqueue, job_summary
-from worker.app import create_app
-from worker.contract import JobKind, JobRecord
-from worker.embedded_redis import redis_server
-from worker.keys import Keys
-from worker.runtime import redis_client
-from worker.settings import Settings
-from worker.store import JobStore
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,13 +14,14 @@ from typing import Any
 
 import httpx
 import pytest
+from polling import wait_until
 
+from core.embedded_redis import redis_server
+from core.settings import Settings
 from modelproxy import ModelProxyCreateInput, ProxyConfig, ProxyConfigEndpoint
 from modelproxy.portal import iterate_sync
 from producer.client import AsyncClient, Client
 from producer.local_stack import LocalStack, StackOptions, local_stack
-from worker.embedded_redis import redis_server
-from worker.settings import Settings
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -126,7 +126,8 @@ def test_cancel_mid_batch(stack: LocalStack, client: Client, tmp_path: Path) -> 
     path = batch_file(tmp_path, [chat_line(f"c-{i}") for i in range(200)])
     submitted = mpq(stack, "batch", "submit", str(path), "--proxy", proxy)
     batch_id = submitted.stdout.split()[1]
-    time.sleep(1.0)
+    wait_until(lambda: client.batch(batch_id).info().done > 0, 30,
+               what=f"batch {batch_id} to be under way (a job final)")
     cancelled = mpq(stack, "batch", "cancel", batch_id)
     assert cancelled.returncode == 0, cancelled.stderr
     final = client.batch(batch_id).wait(timeout=60)
@@ -210,6 +211,47 @@ def test_proxy_commands(stack: LocalStack) -> None:
     got = json.loads(mpq(stack, "proxy", "get", name, "--json").stdout)
     assert got["proxyConfig"]["policies"]["tokenRateLimiter"] == {"tpm": 100000}
     assert "DELETING" in mpq(stack, "proxy", "delete", name).stdout
+
+
+def test_job_commands_follow_one_job(stack: LocalStack, client: Client) -> None:
+    proxy = new_proxy(client)
+    job = client.chat(proxy, [{"role": "user", "content": "one job"}])
+    text = job.final_text(60)
+    result = mpq(stack, "job", "result", job.id)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == text + "\n"
+    whole = json.loads(mpq(stack, "job", "result", job.id, "--json").stdout)
+    assert (whole["status"], whole["attempt"], whole["proxy"]) == ("succeeded", 1, proxy)
+    status = mpq(stack, "job", "status", job.id)
+    assert status.stdout.startswith(f"job {job.id}: succeeded (attempt 1)\n"), status.stdout
+    assert f"  proxy      {proxy}\n" in status.stdout
+    cancel = mpq(stack, "job", "cancel", job.id)
+    assert cancel.stdout == f"job {job.id} already succeeded: nothing to cancel\n"
+
+    failed = client.chat("no-such-proxy", [{"role": "user", "content": "x"}])
+    waited = mpq(stack, "job", "result", failed.id, "--timeout", "60")
+    assert waited.returncode == 1, waited.stderr
+    assert waited.stdout == ""
+    assert waited.stderr.startswith(f"error: job {failed.id} failed: ")
+    assert "does not exist" in waited.stderr
+
+
+def test_custom_ids_with_markup_are_shown_as_typed(stack: LocalStack, client: Client,
+                                                    tmp_path: Path) -> None:
+    proxy = new_proxy(client)
+    good = batch_file(tmp_path, [chat_line("[/bold]"), chat_line("[red]x\\")])
+    ok = mpq(stack, "batch", "submit", str(good), "--proxy", proxy, "--wait")
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.startswith("batch "), ok.stdout
+    batch_id = ok.stdout.split()[1]
+    assert {r["custom_id"] for r in client.batch(batch_id).results()} == {"[/bold]", "[red]x\\"}
+
+    bad = batch_file(tmp_path, [chat_line("[/bold]"), chat_line("[/bold]")])
+    refused = mpq(stack, "batch", "submit", str(bad), "--proxy", proxy, "--wait")
+    assert refused.returncode == 1, refused.stderr
+    assert refused.stdout.startswith("batch "), refused.stdout
+    assert 'line 2: duplicate custom_id "[/bold]" (first on line 1)' in refused.stderr
+    assert "Traceback" not in refused.stderr
 
 
 CLI_ERRORS = [

@@ -17,7 +17,9 @@ values are then looked for, verbatim and base64-encoded (kombu encodes message b
   hashes, chunk and event streams, the proxy cache, limiter state), before and after the run;
 - every message published on any pub/sub channel during the run (Celery events);
 - every line the emulator, worker, beat and Flower logged;
-- Flower's REST API and its task, tasks and worker pages.
+- Flower's REST API and its task, tasks and worker pages;
+- the command line of every process on the machine while the stack runs (`ps` shows them to
+  every user).
 """
 
 from __future__ import annotations
@@ -34,17 +36,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import httpx
 import pytest
 import redis
+from polling import wait_until
 
+from core.contract import JobStatus
+from core.embedded_redis import free_port, redis_server
+from core.settings import Settings
 from modelproxy import Config, ModelProxy, ModelProxyCreateInput
 from producer.client import Client
 from producer.local_stack import LocalStack, StackOptions, local_stack, stop_processes
-from worker.contract import JobStatus
-from worker.embedded_redis import free_port, redis_server
-from worker.settings import Settings
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -77,20 +81,26 @@ def needles(secret: str) -> dict[bytes, str]:
     return found
 
 
-NEEDLES = {needle: (secret, how) for secret in SECRETS for needle, how in needles(secret).items()}
+def needles_of(secrets: tuple[str, ...]) -> dict[bytes, tuple[str, str]]:
+    return {needle: (secret, how) for secret in secrets
+            for needle, how in needles(secret).items()}
 
 
 @dataclass
 class Findings:
     """Where a secret was seen: `where` -> which secret, how encoded."""
 
+    secrets: tuple[str, ...] = SECRETS
     seen: list[str] = field(default_factory=list)
     scanned: int = 0  # how many values were looked at (the scan must not be empty)
+
+    def __post_init__(self) -> None:
+        self._needles = needles_of(self.secrets)
 
     def scan(self, where: str, data: bytes | str) -> None:
         blob = data.encode(errors="surrogateescape") if isinstance(data, str) else data
         self.scanned += 1
-        for needle, (secret, how) in NEEDLES.items():
+        for needle, (secret, how) in self._needles.items():
             if needle in blob:
                 self.seen.append(f"{where}: {secret} ({how})")
 
@@ -170,14 +180,16 @@ class PubSubRecorder:
 @contextlib.contextmanager
 def emulator_process(log: Path, signed: bool) -> Iterator[str]:
     """`mpq emulator` as a user runs it: with the canary key pair in its environment
-    (signature mode) when `signed`, and always with the canary API key."""
+    (signature mode) when `signed`, and always with the canary API key (in
+    MPQ_EMULATOR_API_KEYS: a key on the command line is refused)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AGENTRUN_", "MPQ_"))}
+    env["MPQ_EMULATOR_API_KEYS"] = API_KEY
     if signed:
         env.update(AGENTRUN_ACCESS_KEY_ID=ACCESS_KEY_ID,
                    AGENTRUN_ACCESS_KEY_SECRET=ACCESS_KEY_SECRET)
     command = [sys.executable, "-m", "producer.cli", "emulator", "--port", str(port),
-               "--api-key", API_KEY, "--lifecycle-delay-s", "0.1"]
+               "--lifecycle-delay-s", "0.1"]
     with log.open("wb") as out:
         process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -223,9 +235,12 @@ def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     if not signed and WORKER_API_KEY_FIELD not in Settings.model_fields:
         pytest.skip(f"workers cannot be given an API key: no {WORKER_API_KEY_ENV} setting")
     tmp = tmp_path_factory.mktemp(f"secrets-{mode}")
-    findings = Findings()
     with pytest.MonkeyPatch.context() as env, redis_server(None) as redis_url, \
             emulator_process(tmp / "emulator.log", signed) as emulator_url:
+        # The embedded server's generated password is a secret like the others.
+        redis_password = urlparse(redis_url).password
+        assert redis_password, "the embedded Redis must have a password"
+        findings = Findings((*SECRETS, redis_password))
         for name in [k for k in os.environ if k.startswith(("MPQ_", "AGENTRUN_", "ALIBABA_"))]:
             env.delenv(name)
         env.delenv("REDIS_URL", raising=False)
@@ -261,8 +276,12 @@ def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
                     stream_job.result(WAIT_S)  # raises if the job failed
                     get_job.result(WAIT_S)
                     statuses = {s.value: n for s, n in final.counts.items() if n}
-                    time.sleep(1.5)  # a beat refresh and the last events land
+                    # A beat refresh ran (its log lines are scanned); the last task events
+                    # land in Flower (and the recorder) while `_scan_flower` waits for them.
+                    wait_until(lambda: _refreshed(stack.log_dir), WAIT_S, 0.1,
+                               what="a beat refresh of the proxies in the worker's log")
                     tasks = _scan_flower(stack, findings)
+                    _scan_command_lines(findings)
                     log_lines = _scan_logs([*stack.log_dir.iterdir(), tmp / "emulator.log"],
                                            findings)
             recorder.stop()
@@ -298,6 +317,10 @@ def _create_proxy() -> str:
     return name
 
 
+def _refreshed(log_dir: Path) -> bool:
+    return any(b"proxy refresh:" in path.read_bytes() for path in log_dir.glob("*.log"))
+
+
 def _scan_logs(paths: list[Path], findings: Findings) -> int:
     lines = 0
     for path in paths:
@@ -305,6 +328,15 @@ def _scan_logs(paths: list[Path], findings: Findings) -> int:
             findings.scan(f"log {path.name}:{number}", line)
             lines += 1
     return lines
+
+
+def _scan_command_lines(findings: Findings) -> None:
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            findings.scan(f"command line of process {cmdline.parent.name}",
+                          cmdline.read_bytes())
+        except OSError:  # the process has gone
+            continue
 
 
 def _scan_flower(stack: LocalStack, findings: Findings) -> int:

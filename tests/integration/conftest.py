@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -15,13 +14,16 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio as aioredis
+from polling import wait_until
+from pydantic import SecretStr
 
+from core.contract import JobKind, JobRecord
+from core.embedded_redis import redis_server
+from core.keys import Keys
+from core.redis_client import redis_client
+from core.settings import Settings
+from core.store import JobStore
 from producer.local_stack import stop_processes
-from worker.embedded_redis import redis_server
-from worker.keys import Keys
-from worker.runtime import redis_client
-from worker.settings import Settings
-from worker.store import JobStore
 
 
 @pytest.fixture(scope="session")
@@ -79,6 +81,17 @@ async def store(any_redis_url: str) -> AsyncIterator[JobStore]:
     await client.aclose()
 
 
+async def running(store: JobStore, *job_ids: str, attempt: int = 1,
+                  lease_s: float = 600) -> None:
+    """Jobs of these ids, each running `attempt` under a live lease, made the way workers
+    make them (create, then claim): chunk writes are refused to any other attempt."""
+    await store.create_jobs([JobRecord(id=job_id, kind=JobKind.CHAT, proxy="p", request={},
+                                       attempt=attempt - 1) for job_id in job_ids])
+    for job_id in job_ids:
+        claim = await store.claim(job_id, "test-worker", lease_s)
+        assert (claim.outcome, claim.attempt) == ("claimed", attempt), claim
+
+
 class WorkerProcess:
     """A real `celery -A worker.app worker` process with its own environment."""
 
@@ -100,11 +113,15 @@ class WorkerProcess:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(command, env=self.env, stdout=log,
                                             stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout_s
-        while b" ready." not in self.log_path.read_bytes():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"worker did not start:\n{self.log()}")
-            time.sleep(0.1)
+        process = self.process
+
+        def ready() -> bool:
+            if process.poll() is not None:
+                raise RuntimeError(f"worker exited ({process.returncode}):\n{self.log()}")
+            return b" ready." in self.log_path.read_bytes()
+
+        wait_until(ready, timeout_s, 0.1,
+                   what=lambda: f"worker {self.name} to start:\n{self.log()}")
         return self
 
     def log(self) -> str:
@@ -127,7 +144,8 @@ def worker_env(settings: Settings, modelproxy_url: str) -> dict[str, str]:
            if not k.startswith(("MPQ_", "AGENTRUN_", "ALIBABA_CLOUD_"))}
     env.pop("REDIS_URL", None)
     for name, value in settings.model_dump(exclude_none=True).items():
-        env[f"MPQ_{name.upper()}"] = str(value)
+        shown = value.get_secret_value() if isinstance(value, SecretStr) else value
+        env[f"MPQ_{name.upper()}"] = str(shown)
     env["AGENTRUN_CONTROL_ENDPOINT"] = modelproxy_url
     env["AGENTRUN_DATA_ENDPOINT"] = modelproxy_url
     return env

@@ -15,6 +15,13 @@ import httpx
 import redis.asyncio as aioredis
 from celery import Celery
 
+from core.celery_app import create_app
+from core.contract import FINAL, ChunkEntry, JobKind, JobRecord, JobStatus
+from core.dispatch import enqueue
+from core.keys import Keys
+from core.redis_client import redis_client
+from core.settings import Settings
+from core.store import JobStore
 from modelproxy import (
     Config,
     ModelProxy,
@@ -23,13 +30,6 @@ from modelproxy import (
     ProxyConfigEndpoint,
     ProxyConfigPolicies,
 )
-from producer.submit import enqueue
-from worker.app import create_app
-from worker.contract import FINAL, ChunkEntry, JobKind, JobRecord, JobStatus
-from worker.keys import Keys
-from worker.runtime import redis_client
-from worker.settings import Settings
-from worker.store import JobStore
 
 FAST = {
     "backoff_base_s": 0.2, "backoff_max_s": 1.0, "max_attempts": 3, "lease_s": 3.0,
@@ -113,6 +113,16 @@ class Stack:
 
     async def chunks(self, job_id: str) -> list[ChunkEntry]:
         return [entry for _, entry in await self.store.read_chunks(job_id)]
+
+    async def broker_messages(self) -> str:
+        """Every message of this stack's Redis broker, queued or unacked (held by a worker:
+        tasks ack late), as text. A job id not in it has no delivery waiting or running."""
+        keys = self.store.keys
+        raw: list[str | bytes] = list(await self.redis.hvals(keys.broker_unacked()))
+        async for key in self.redis.scan_iter(match=f"{keys.broker_prefix()}*"):
+            if await self.redis.type(key) in ("list", b"list"):  # the queues
+                raw += await self.redis.lrange(key, 0, -1)
+        return "\n".join(m.decode() if isinstance(m, bytes) else m for m in raw)
 
     @contextlib.contextmanager
     def emulator_settings(self, **changes: Any) -> Iterator[None]:

@@ -1,4 +1,4 @@
-"""The auto-pipelining Redis client (worker/autopipeline.py) on a real server: replies go
+"""The auto-pipelining Redis client (core/internals/autopipeline.py) on a real server: replies go
 to their own callers, errors stay with the command that caused them, blocking commands do
 not hold the rest up, and one loop iteration's commands share one connection."""
 
@@ -14,8 +14,8 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from worker.embedded_redis import free_port
-from worker.runtime import redis_client
+from core.embedded_redis import free_port
+from core.redis_client import redis_client
 
 
 @pytest.fixture

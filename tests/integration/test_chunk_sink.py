@@ -1,6 +1,7 @@
 """The worker's shared chunk sink (worker/chunks.py) on a real server: the entries of many
 streams are written together and each stream keeps its order; a failed write fails the
-attempts it carried when they close; a cancelled job does not cancel a shared write."""
+attempts it carried when they close; a refused write stops its attempt only; a cancelled job
+does not cancel a shared write."""
 
 from __future__ import annotations
 
@@ -8,13 +9,15 @@ import asyncio
 
 import pytest
 import redis
+from conftest import running
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from core.embedded_redis import free_port, redis_server
+from core.keys import Keys
+from core.redis_client import redis_client
+from core.store import JobStore
 from worker.chunks import ChunkSink
-from worker.embedded_redis import free_port, redis_server
-from worker.keys import Keys
-from worker.runtime import redis_client
-from worker.store import JobStore
+from worker.lease import AttemptStopped
 
 RETENTION_S = 600
 
@@ -37,6 +40,7 @@ async def test_streams_keep_their_order_across_many_writes(store: JobStore) -> N
         assert writer.written == count + 1
 
     jobs = {f"job{n}": 20 + 7 * n for n in range(12)}
+    await running(store, *jobs)
     await asyncio.gather(*(stream(job_id, count) for job_id, count in jobs.items()))
     for job_id, count in jobs.items():
         expected = [(i, f"{job_id}-{i}") for i in range(count)] + [(count, "error")]
@@ -48,6 +52,8 @@ async def test_one_iterations_entries_go_in_one_script_call() -> None:
         client = redis_client(url)
         store = JobStore(client, Keys("mpqtest-sink:"), RETENTION_S)
         sink = ChunkSink(store)
+        await running(store, "warm-up")
+        await running(store, *(f"job{n}" for n in range(50)), attempt=2)
         warm_up = sink.writer("warm-up", attempt=1)
         await warm_up.error("")  # loads the script: from now on one call is one EVALSHA
         counter = redis.Redis.from_url(url)
@@ -81,6 +87,7 @@ async def test_a_failed_write_fails_each_attempt_it_carried() -> None:
 
 async def test_a_cancelled_job_does_not_cancel_a_shared_write(store: JobStore) -> None:
     sink = ChunkSink(store)
+    await running(store, "cancelled", "other")
     cancelled, other = sink.writer("cancelled", attempt=1), sink.writer("other", attempt=1)
     cancelled.delta({"text": "c"})
     other.delta({"text": "o"})
@@ -92,3 +99,26 @@ async def test_a_cancelled_job_does_not_cancel_a_shared_write(store: JobStore) -
     assert await _texts(store, "cancelled") == [(0, "c")]
     with pytest.raises(asyncio.CancelledError):
         await closing
+
+
+async def test_a_refused_write_stops_its_attempt_only(store: JobStore) -> None:
+    """One write carries a superseded attempt's entries, an ended job's and a live one's:
+    the live one's go in; each of the others stops its attempt (`AttemptStopped`) at its
+    next entry or close, and queues nothing more (not even its `error`)."""
+    sink = ChunkSink(store)
+    await running(store, "live", "ended")
+    await running(store, "taken-over", attempt=2)
+    assert await store.cancel("ended")
+    live, ended = sink.writer("live", attempt=1), sink.writer("ended", attempt=1)
+    zombie = sink.writer("taken-over", attempt=1)
+    for writer in (live, ended, zombie):
+        writer.delta({"text": writer.job_id})
+    await live.close()
+    for writer in (ended, zombie):
+        with pytest.raises(AttemptStopped):
+            writer.delta({"text": "more"})
+        with pytest.raises(AttemptStopped):
+            await writer.error("stopped")
+        assert writer.written == 0
+        assert await _texts(store, writer.job_id) == []
+    assert (live.written, await _texts(store, "live")) == (1, [(0, "live")])

@@ -11,7 +11,10 @@ from typing import Any
 
 import httpx
 import pytest
+from polling import until
 
+from emulator.server import EmulatorServer
+from emulator.settings import EmulatorSettings
 from modelproxy import (
     APITimeoutError,
     AuthenticationError,
@@ -33,8 +36,9 @@ from modelproxy import (
     ServerError,
     StreamInterruptedError,
 )
-from modelproxy.emulator.server import EmulatorServer
-from modelproxy.emulator.settings import EmulatorSettings
+from modelproxy.data import DataAPI, ResponseLimits, chat_body, responses_body
+from modelproxy.errors import DeadlineExceededError, ResponseTooLargeError
+from modelproxy.transport import deadline
 
 FLAVORS = ["sync", "async"]
 MESSAGES = [{"role": "user", "content": "tell me about queues"}]
@@ -90,6 +94,14 @@ async def ready_proxy(flavor: str, config: Config, **kwargs: Any) -> ModelProxy:
     return proxy
 
 
+async def deleted(name: str, config: Config) -> bool:
+    try:
+        await ModelProxy.get_by_name_async(name, config=config)
+    except ResourceNotExistError:
+        return True
+    return False
+
+
 @pytest.mark.parametrize("flavor", FLAVORS)
 async def test_full_lifecycle(flavor: str, config: Config) -> None:
     name = unique(flavor)
@@ -117,7 +129,7 @@ async def test_full_lifecycle(flavor: str, config: Config) -> None:
     await call(flavor, proxy, "get")
     await call(flavor, proxy, "delete")
     assert proxy.status == "DELETING"
-    await asyncio.sleep(0.4)
+    await until(lambda: deleted(name, config), 10, what=f"proxy {name} to be deleted")
     with pytest.raises(ResourceNotExistError):
         await call(flavor, ModelProxy, "get_by_name", name, config=config)
     with pytest.raises(ResourceNotExistError):
@@ -273,6 +285,60 @@ async def test_injected_faults_are_classified(
     assert getattr(info.value, "retryable", False)
     if error is RateLimitedError:
         assert info.value.retry_after_s == 3  # type: ignore[attr-defined]
+
+
+MIB = 1024 * 1024
+RUNAWAY: list[tuple[dict[str, Any], ResponseLimits, bool, str]] = [
+    ({"huge_body_rate": 1.0, "huge_body_bytes": 4 * MIB}, ResponseLimits(max_body_bytes=MIB),
+     False, f"response body over the limit of {MIB} bytes"),
+    ({"huge_body_rate": 1.0, "huge_body_bytes": 4 * MIB}, ResponseLimits(max_stream_bytes=MIB),
+     True, f"stream over the limit of {MIB} bytes"),
+    ({"endless_stream_rate": 1.0}, ResponseLimits(max_stream_bytes=MIB), True,
+     f"stream over the limit of {MIB} bytes"),
+    ({"endless_stream_rate": 1.0}, ResponseLimits(max_stream_events=100), True,
+     "stream over the limit of 100 events"),
+]
+
+
+@pytest.mark.parametrize("kind", ["chat", "responses"])
+@pytest.mark.parametrize(("faults", "limits", "stream", "message"), RUNAWAY)
+async def test_runaway_answers_stop_at_the_limits(
+    kind: str, faults: dict[str, Any], limits: ResponseLimits, stream: bool, message: str,
+    emulator: EmulatorServer, config: Config,
+) -> None:
+    name = (await ready_proxy("async", config)).model_proxy_name or ""
+    set_faults(emulator, name, **faults)
+    data = DataAPI(name, config, limits)
+    with pytest.raises(ResponseTooLargeError, match=message) as info:
+        if kind == "chat" and stream:
+            [c async for c in data.chat_stream(chat_body(MESSAGES, "m1", stream=True))]
+        elif kind == "chat":
+            await data.chat(chat_body(MESSAGES, "m1", stream=False))
+        elif stream:
+            [e async for e in data.responses_stream(responses_body("hi", "m1", stream=True))]
+        else:
+            await data.responses(responses_body("hi", "m1", stream=False))
+    assert not info.value.retryable
+    set_faults(emulator, name)  # the same limits pass an ordinary answer
+    if stream:
+        assert [c async for c in data.chat_stream(chat_body(MESSAGES, "m1", stream=True))]
+    else:
+        assert (await data.chat(chat_body(MESSAGES, "m1", stream=False))).text
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_drip_outlives_no_deadline(
+    stream: bool, emulator: EmulatorServer, config: Config
+) -> None:
+    name = (await ready_proxy("async", config)).model_proxy_name or ""
+    set_faults(emulator, name, drip_rate=1.0, drip_s=0.2)  # far under the read timeout
+    data = DataAPI(name, config)
+    with pytest.raises(DeadlineExceededError, match="call still running after 1 s"):
+        async with deadline(1, "call"):
+            if stream:
+                [c async for c in data.chat_stream(chat_body(MESSAGES, "m1", stream=True))]
+            else:
+                await data.chat(chat_body(MESSAGES, "m1", stream=False))
 
 
 CREDENTIALS = {"AKIDTEST": "test-secret"}

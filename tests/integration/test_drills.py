@@ -22,17 +22,18 @@ from typing import Any
 
 import pytest
 from conftest import WorkerProcess
+from polling import until
 from stack import Stack, unique
 
-from modelproxy.emulator.server import EmulatorServer
-from modelproxy.emulator.settings import EmulatorSettings
+from core.contract import FINAL, JobKind, JobRecord, JobStatus, decode_hash
+from core.dispatch import INFERENCE_QUEUE, MANAGEMENT_QUEUE
+from core.embedded_redis import EmbeddedRedis
+from core.keys import Keys
+from core.redis_client import redis_client
+from core.store import JobStore
+from emulator.server import EmulatorServer
+from emulator.settings import EmulatorSettings
 from producer.jobs import AsyncJob, StreamEvent, result_text
-from worker.app import INFERENCE_QUEUE, MANAGEMENT_QUEUE
-from worker.contract import FINAL, JobKind, JobRecord, JobStatus, decode_hash
-from worker.embedded_redis import EmbeddedRedis
-from worker.keys import Keys
-from worker.runtime import redis_client
-from worker.store import JobStore
 
 pytestmark = pytest.mark.slow
 
@@ -125,26 +126,27 @@ async def not_final(stack: Stack, batch_id: str) -> list[tuple[str, str, int, li
 
 async def broker_messages(stack: Stack) -> str:
     """Every message of the broker (queues, and the unacked ones workers hold), as text."""
-    prefix = f"{stack.settings.key_prefix}broker:"
+    keys = stack.store.keys
     raw = [message for queue in (INFERENCE_QUEUE, MANAGEMENT_QUEUE)
-           for message in await stack.redis.lrange(prefix + queue, 0, -1)]
-    raw += await stack.redis.hvals(prefix + "unacked")
+           for message in await stack.redis.lrange(keys.broker_queue(queue), 0, -1)]
+    raw += await stack.redis.hvals(keys.broker_unacked())
     return "\n".join(m.decode() if isinstance(m, bytes) else m for m in raw)
 
 
 async def wait_running(stack: Stack, batch_id: str, count: int, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while (batch := await stack.store.batch(batch_id)) is None or batch.counts.get(
-            JobStatus.RUNNING, 0) < count:
-        assert time.monotonic() < deadline, f"batch {batch_id}: fewer than {count} running"
-        await asyncio.sleep(POLL_S / 4)
+    async def running() -> bool:
+        batch = await stack.store.batch(batch_id)
+        return batch is not None and batch.counts.get(JobStatus.RUNNING, 0) >= count
+
+    await until(running, timeout_s, POLL_S / 4, what=f"batch {batch_id}: {count} running")
 
 
 async def wait_done_at_least(stack: Stack, batch_id: str, count: int, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while (batch := await stack.store.batch(batch_id)) is None or batch.done < count:
-        assert time.monotonic() < deadline, f"batch {batch_id}: fewer than {count} final"
-        await asyncio.sleep(POLL_S / 4)
+    async def done() -> bool:
+        batch = await stack.store.batch(batch_id)
+        return batch is not None and batch.done >= count
+
+    await until(done, timeout_s, POLL_S / 4, what=f"batch {batch_id}: {count} final")
 
 
 async def final_records(stack: Stack, job_ids: Sequence[str]) -> list[JobRecord]:

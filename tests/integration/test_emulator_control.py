@@ -6,7 +6,6 @@ import asyncio
 import json
 import ssl
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -16,25 +15,22 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import Depends, FastAPI
+from polling import wait_until
 
-from modelproxy.emulator.admin_routes import SettingsPatch
-from modelproxy.emulator.app import create_app
-from modelproxy.emulator.auth import require_data_auth
-from modelproxy.emulator.server import EmulatorServer, run_forever
-from modelproxy.emulator.settings import EmulatorSettings
-from modelproxy.emulator.state import FAIL_CREATE_MARKER, FAIL_DELETE_MARKER, FAIL_UPDATE_MARKER
-from modelproxy.errors import ConfigError
+from emulator.admin_routes import SettingsPatch
+from emulator.app import create_app
+from emulator.auth import require_data_auth
+from emulator.server import EmulatorServer, OpenBindError, run_forever
+from emulator.settings import EmulatorSettings
+from emulator.state import FAIL_CREATE_MARKER, FAIL_DELETE_MARKER, FAIL_UPDATE_MARKER
 from modelproxy.signing.acs3 import acs3_headers, sign_acs3
 from modelproxy.signing.agentrun4 import sign_agentrun4
 
 BASE = "/2025-09-10/agents/model-proxies"
 DELAY_S = 0.2
-CAPTURED = (
-    Path(__file__).resolve().parents[2].parent
-    / "shared"
-    / "spec"
-    / "captured-official-sdk-requests.jsonl"
-)
+# Create, List, Get and Delete exactly as the official AgentRun SDK (0.0.54) sent them, signed
+# with the example access key below.
+CAPTURED = Path(__file__).resolve().parents[1] / "fixtures" / "captured-official-sdk-requests.jsonl"
 CREDENTIALS = {"AKIDEXAMPLE": "secret-example"}
 FAST = EmulatorSettings(create_delay_s=DELAY_S, update_delay_s=DELAY_S, delete_delay_s=DELAY_S)
 
@@ -71,24 +67,21 @@ def create(client: httpx.Client, name: str, **extra: Any) -> dict[str, Any]:
 def wait_status(
     client: httpx.Client, name: str, want: str, timeout_s: float = 5.0
 ) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while True:
+    def reached() -> dict[str, Any] | None:
         response = client.get(f"{BASE}/{name}")
         assert response.status_code == 200, response.text
         data: dict[str, Any] = response.json()["data"]
-        if data["status"] == want or time.monotonic() > deadline:
-            assert data["status"] == want
-            return data
-        time.sleep(0.05)
+        return data if data["status"] == want else None
+
+    return wait_until(reached, timeout_s, what=f"{name} to be {want}")
 
 
 def wait_gone(client: httpx.Client, name: str, timeout_s: float = 5.0) -> httpx.Response:
-    deadline = time.monotonic() + timeout_s
-    while True:
+    def gone() -> httpx.Response | None:
         response = client.get(f"{BASE}/{name}")
-        if response.status_code == 404 or time.monotonic() > deadline:
-            return response
-        time.sleep(0.05)
+        return response if response.status_code == 404 else None
+
+    return wait_until(gone, timeout_s, what=f"{name} to be gone (404)")
 
 
 def assert_error(response: httpx.Response, status: int, *needles: str) -> dict[str, Any]:
@@ -233,8 +226,8 @@ def test_list_filters(client: httpx.Client, hundred_twenty: list[str]) -> None:
     assert page(client, workspaceId="ws-1")["total"] == 30
     assert page(client, workspaceIds="ws-1,ws-2")["total"] == 60
     assert page(client, workspaceIds="ws-1,ws-2", workspaceId="ws-2")["total"] == 30
-    time.sleep(DELAY_S + 0.05)
-    assert page(client, status="READY")["total"] == 120
+    wait_until(lambda: page(client, status="READY")["total"] == 120, 5,
+               what="all 120 proxies to be READY")
     assert page(client, status="READY", proxyMode="multi", workspaceId="ws-0")["total"] == 10
     create(client, "mp-new")
     assert [i["modelProxyName"] for i in page(client, status="CREATING")["items"]] == ["mp-new"]
@@ -391,11 +384,14 @@ def test_https_mode_with_the_ca_file() -> None:
     assert not ca_path.exists()  # removed on stop
 
 
-def test_open_emulator_refuses_non_loopback_host() -> None:
-    with pytest.raises(ConfigError, match="credentials"):
-        EmulatorServer(host="0.0.0.0")
-    EmulatorServer(host="0.0.0.0", credentials=CREDENTIALS)  # signed: allowed (not started)
-    EmulatorServer(host="0.0.0.0", allow_open=True)
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.0.0.5"])
+def test_non_loopback_host_needs_allow_open_even_with_credentials(host: str) -> None:
+    for auth in ({}, {"credentials": CREDENTIALS}, {"api_keys": ["key-1"]}):
+        with pytest.raises(OpenBindError, match="--allow-open"):
+            EmulatorServer(host=host, **auth)
+        EmulatorServer(host=host, allow_open=True, **auth)
+    EmulatorServer(host="localhost")
+    EmulatorServer(host="127.0.0.2")
 
 
 def test_run_forever_serves_until_stopped() -> None:
@@ -410,9 +406,7 @@ def test_run_forever_serves_until_stopped() -> None:
     )
     thread.start()
     try:
-        deadline = time.monotonic() + 10
-        while not ready and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: ready, 10, 0.01, what="run_forever to call on_ready")
         assert httpx.get(f"{ready[0]}/_emulator/health").json()["status"] == "ok"
     finally:
         stop.set()
@@ -423,8 +417,6 @@ def test_run_forever_serves_until_stopped() -> None:
 
 
 def captured_requests() -> list[dict[str, Any]]:
-    if not CAPTURED.exists():
-        pytest.skip(f"captured official-SDK requests not found at {CAPTURED}")
     return [json.loads(line) for line in CAPTURED.read_text().splitlines() if line.strip()]
 
 
@@ -437,15 +429,23 @@ def replay(client: httpx.Client, captured: dict[str, Any], **changes: Any) -> ht
 
 def signed(client: httpx.Client, method: str, path: str, body: Any = None) -> httpx.Response:
     """A freshly ACS3-signed request, as our client would send it."""
+    return client.send(signed_request(client, method, path, body))
+
+
+def signed_request(
+    client: httpx.Client,
+    method: str,
+    path: str,
+    body: Any = None,
+    secret: str = CREDENTIALS["AKIDEXAMPLE"],
+) -> httpx.Request:
     content = json.dumps(body).encode() if body is not None else b""
     host = httpx.URL(str(client.base_url)).netloc.decode()
     headers = {**acs3_headers(action="Test", body=content, host=host), "accept": "application/json"}
     if content:
         headers["content-type"] = "application/json"
-    headers["Authorization"] = sign_acs3(
-        method, path, headers, content, "AKIDEXAMPLE", CREDENTIALS["AKIDEXAMPLE"]
-    )
-    return client.request(method, path, headers=headers, content=content)
+    headers["Authorization"] = sign_acs3(method, path, headers, content, "AKIDEXAMPLE", secret)
+    return client.build_request(method, path, headers=headers, content=content)
 
 
 @pytest.fixture
@@ -463,7 +463,10 @@ def test_captured_official_sdk_requests_are_accepted(signed_server: EmulatorServ
         assert created.status_code == 200, created.text
         # Get and Delete name a proxy the captured Create did not make: create it, signed anew.
         assert signed(client, "POST", BASE, proxy_body(target)).status_code == 200
-        time.sleep(DELAY_S + 0.05)  # both READY, so Delete is not refused as busy
+        names = [created.json()["data"]["modelProxyName"], target]
+        wait_until(lambda: all(signed(client, "GET", f"{BASE}/{name}").json()["data"]["status"]
+                               == "READY" for name in names), 5,
+                   what=f"{names} to be READY, so Delete is not refused as busy")
 
         listed = replay(client, list_req)
         got = replay(client, get_req)
@@ -544,6 +547,72 @@ def test_data_auth_dependency_accepts_signature_or_api_key() -> None:
         assert client.post(url, headers=bearer).status_code == 200
         assert_error(client.post(url, headers={"Authorization": "Bearer nope"}), 401, "mismatch")
         assert_error(client.post(url), 401)
+
+
+# ---------------------------------------------------------------- administration auth
+
+OPEN_ADMIN_PATHS = frozenset({"/_emulator/health"})
+
+
+def admin_requests(app: FastAPI) -> list[tuple[str, str]]:
+    """Every `/_emulator` operation but the open ones, as (method, path) for a proxy `mp-a`
+    (from the OpenAPI document: it lists every route, included routers too)."""
+    return [(method.upper(), path.replace("{name}", "mp-a"))
+            for path, operations in app.openapi()["paths"].items()
+            if path.startswith("/_emulator") and path not in OPEN_ADMIN_PATHS
+            for method in operations]
+
+
+def admin_body(path: str) -> dict[str, Any]:
+    return {"reply_tokens": 3} if path.endswith("/reply") else {}
+
+
+def test_every_admin_route_is_guarded() -> None:
+    """A new `/_emulator` route is guarded unless listed open here on purpose."""
+    requests = admin_requests(create_app(FAST, CREDENTIALS))
+    assert len(requests) >= 10
+    app = create_app(FAST, CREDENTIALS)
+    with EmulatorServer(app=app) as srv, httpx.Client(base_url=srv.url, timeout=10) as client:
+        for method, path in requests:
+            answer = client.request(method, path, json=admin_body(path))
+            assert_error(answer, 401, "Authorization")
+        assert client.get("/_emulator/health").json()["status"] == "ok"
+
+
+def test_signature_mode_guards_administration(signed_server: EmulatorServer) -> None:
+    faults = {"error_500_rate": 1.0}
+    path = "/_emulator/proxies/mp-a/faults"
+    with httpx.Client(base_url=signed_server.url, timeout=10) as client:
+        assert signed(client, "POST", BASE, proxy_body("mp-a")).status_code == 200
+        assert_error(client.put(path, json=faults), 401)
+        assert_error(client.put(path, json=faults, headers={"Authorization": "Bearer x"}), 401)
+        assert_error(client.get("/_emulator/stats"), 401)
+        assert_error(client.put("/_emulator/settings", json={"ttft_s": 5}), 401)
+        # An ACS3 signature, as on the control plane (a wrong one is 403)...
+        assert signed(client, "PUT", path, faults).json()["error_500_rate"] == 1.0
+        tampered = signed_request(client, "PUT", path, faults, secret="wrong")
+        assert_error(client.send(tampered), 403)
+        # ...or an AGENTRUN4 signature, as on the data plane.
+        url = f"{signed_server.url}/_emulator/settings"
+        headers = sign_agentrun4("GET", url, {}, "AKIDEXAMPLE", CREDENTIALS["AKIDEXAMPLE"],
+                                 "cn-hangzhou", datetime.now(UTC))
+        assert client.get(url, headers=headers).json()["ttft_s"] == 0  # the PUT above failed
+        assert client.get("/_emulator/health").status_code == 200
+
+
+def test_api_keys_guard_administration() -> None:
+    with (
+        EmulatorServer(FAST, api_keys=["key-1", "key-2"]) as srv,
+        httpx.Client(base_url=srv.url, timeout=10) as client,
+    ):
+        create(client, "mp-a")  # the control plane stays open without credentials
+        path = "/_emulator/proxies/mp-a/faults"
+        assert_error(client.put(path, json={"error_500_rate": 1.0}), 401)
+        assert_error(client.get(path, headers={"Authorization": "Bearer key-3"}), 401, "mismatch")
+        good = client.put(path, json={"error_500_rate": 1.0},
+                          headers={"Authorization": "Bearer key-2"})
+        assert good.status_code == 200, good.text
+        assert client.get("/_emulator/health").json() == {"status": "ok", "proxies": 1}
 
 
 # ---------------------------------------------------------------- administration and OpenAPI

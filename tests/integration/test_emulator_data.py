@@ -9,9 +9,10 @@ from typing import Any
 
 import httpx
 import pytest
+from polling import wait_until
 
-from modelproxy.emulator.server import EmulatorServer
-from modelproxy.emulator.settings import EmulatorSettings
+from emulator.server import EmulatorServer
+from emulator.settings import EmulatorSettings
 
 CONTROL = "/2025-09-10/agents/model-proxies"
 PROMPT = [{"role": "user", "content": "Say something about rate limits."}]
@@ -179,17 +180,105 @@ def test_response(client: httpx.Client) -> None:
 
 def test_response_stream(client: httpx.Client) -> None:
     create_proxy(client, "p1")
-    events = response_events(client, "p1", max_output_tokens=3)
+    events = response_events(client, "p1")
     types = [e["type"] for e in events]
     assert types[0] == "response.created"
     assert types[-1] == "response.completed"
     deltas = [e["delta"] for e in events if e["type"] == "response.output_text.delta"]
-    assert len(deltas) == 3
     done = next(e for e in events if e["type"] == "response.output_text.done")
     assert done["text"] == "".join(deltas)
     completed = events[-1]["response"]
-    assert completed["usage"]["output_tokens"] == 3
+    assert completed["usage"]["output_tokens"] == len(deltas)
     assert completed["output"][0]["content"][0]["text"] == "".join(deltas)
+    whole = responses(client, "p1").json()
+    assert (completed["output"][0]["content"], completed["usage"]) == (
+        whole["output"][0]["content"], whole["usage"])
+
+
+def test_response_cut_by_max_output_tokens_is_incomplete(client: httpx.Client) -> None:
+    create_proxy(client, "p1")
+    events = response_events(client, "p1", max_output_tokens=3)
+    assert events[-1]["type"] == "response.incomplete"
+    deltas = [e["delta"] for e in events if e["type"] == "response.output_text.delta"]
+    assert len(deltas) == 3
+    cut = events[-1]["response"]
+    assert (cut["status"], cut["incomplete_details"]) == (
+        "incomplete", {"reason": "max_output_tokens"})
+    assert cut["usage"]["output_tokens"] == 3
+    assert responses(client, "p1", max_output_tokens=3).json()["status"] == "incomplete"
+
+
+# -- reply length --------------------------------------------------------------------------
+
+
+def streamed_text(chunks: list[dict[str, Any]]) -> list[str]:
+    return [c["choices"][0]["delta"]["content"] for c in chunks
+            if c["choices"] and c["choices"][0]["delta"].get("content")]
+
+
+def test_a_configured_reply_length_streams_that_many_tokens(client: httpx.Client) -> None:
+    create_proxy(client, "long")
+    put_settings(client, reply_tokens=500)
+    chunks, last = chat_chunks(client, "long", stream_options={"include_usage": True})
+    assert last == "data: [DONE]"
+    pieces = streamed_text(chunks)
+    assert len(pieces) == 500  # one chunk per token
+    assert chunks[-1]["usage"]["completion_tokens"] == 500
+    assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
+    whole = chat(client, "long").json()
+    assert whole["choices"][0]["message"]["content"] == "".join(pieces)  # deterministic
+    assert whole["usage"]["completion_tokens"] == 500
+
+
+def test_max_tokens_caps_a_long_reply(client: httpx.Client) -> None:
+    create_proxy(client, "long")
+    put_settings(client, reply_tokens=500)
+    full = chat(client, "long").json()["choices"][0]["message"]["content"]
+    for cap in ({"max_tokens": 120}, {"max_completion_tokens": 120}):
+        chunks, _ = chat_chunks(client, "long", **cap)
+        pieces = streamed_text(chunks)
+        assert len(pieces) == 120
+        assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+        assert full.startswith("".join(pieces))
+    events = response_events(client, "long", max_output_tokens=200)
+    assert sum(e["type"] == "response.output_text.delta" for e in events) == 200
+
+
+def test_per_proxy_reply_length(client: httpx.Client) -> None:
+    create_proxy(client, "long")
+    create_proxy(client, "short")
+    put = client.put("/_emulator/proxies/long/reply", json={"reply_tokens": 300})
+    assert put.status_code == 200, put.text
+    assert client.get("/_emulator/proxies/long/reply").json() == {"reply_tokens": 300}
+    assert client.get("/_emulator/proxies/short/reply").json() == {"reply_tokens": None}
+    events = response_events(client, "long")
+    assert sum(e["type"] == "response.output_text.delta" for e in events) == 300
+    assert events[-1]["response"]["usage"]["output_tokens"] == 300
+    assert chat(client, "short").json()["usage"]["completion_tokens"] <= 16
+    put_settings(client, reply_tokens=40)
+    assert chat(client, "long").json()["usage"]["completion_tokens"] == 300  # its own wins
+    assert client.delete("/_emulator/proxies/long/reply").json() == {"reply_tokens": 40}
+    assert chat(client, "long").json()["usage"]["completion_tokens"] == 40
+    assert client.put("/_emulator/proxies/ghost/reply", json={"reply_tokens": 3}).status_code == 404
+    assert client.put("/_emulator/proxies/long/reply", json={"reply_tokens": 0}).status_code == 400
+
+
+def test_reply_length_can_be_unset_again(client: httpx.Client) -> None:
+    create_proxy(client, "p1")
+    put_settings(client, reply_tokens=100)
+    assert chat(client, "p1").json()["usage"]["completion_tokens"] == 100
+    put_settings(client, reply_tokens=None)
+    assert client.get("/_emulator/settings").json()["reply_tokens"] is None
+    assert chat(client, "p1").json()["usage"]["completion_tokens"] <= 16
+
+
+def test_a_long_paced_stream_keeps_its_pace(client: httpx.Client) -> None:
+    create_proxy(client, "long")
+    put_settings(client, reply_tokens=200, tpot_s=0.001)
+    started = time.monotonic()
+    chunks, _ = chat_chunks(client, "long")
+    assert len(streamed_text(chunks)) == 200
+    assert time.monotonic() - started >= 199 * 0.001
 
 
 # -- errors --------------------------------------------------------------------------------
@@ -315,10 +404,8 @@ def test_client_gone_frees_the_slot(client: httpx.Client) -> None:
         assert '"role"' in next(line for line in first.iter_lines() if line)
     # The stream is closed mid-way; the server notices and frees the slot.
     put_settings(client, ttft_s=0.0)
-    deadline = time.monotonic() + 5
-    while chat(client, "cl").status_code == 429:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until(lambda: chat(client, "cl").status_code != 429, 5,
+               what="the closed stream's concurrency slot to be freed")
 
 
 def test_latency(client: httpx.Client) -> None:

@@ -5,7 +5,6 @@ exporter made of it."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import signal
@@ -20,26 +19,35 @@ from typing import Any, Literal
 import httpx
 import pytest
 import redis.asyncio as aioredis
+from polling import until, wait_until
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
 from stack import Stack
 
-from modelproxy.emulator.server import EmulatorServer
-from modelproxy.emulator.settings import EmulatorSettings
+from core.contract import JobKind, JobRecord, JobStatus
+from core.dispatch import enqueue, job_summary
+from core.embedded_redis import EmbeddedRedis, free_port
+from core.keys import Keys
+from core.settings import Settings
+from emulator.server import EmulatorServer
+from emulator.settings import EmulatorSettings
 from producer.flower import (
+    BASIC_AUTH_ENV,
     TASK_COLUMNS,
+    FlowerOptionsError,
+    OAuthLogin,
     UnsafeBindError,
     check_exposure,
     flower_argv,
+    flower_environment,
     is_loopback,
+    oauth_login,
     resolve_access,
+    user_options,
+    with_user_options,
 )
 from producer.metrics_exporter import MpqCollector, serve_metrics
-from producer.submit import enqueue, job_summary
-from worker.contract import JobKind, JobRecord, JobStatus
-from worker.embedded_redis import EmbeddedRedis, free_port
-from worker.keys import Keys
-from worker.metrics import MetricsRecorder, encode_field, metrics_key
-from worker.settings import Settings
+from worker.metrics import MetricsRecorder, encode_field
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -247,12 +255,16 @@ async def test_flower_stops_cleanly_on_sigterm(
 def test_flower_stops_on_sigterm_while_the_broker_is_down(tmp_path: Path) -> None:
     from conftest import worker_env
 
+    password_file = tmp_path / "password"
+    password_file.write_text("pw\n")
     with EmbeddedRedis() as server:
         settings = Settings(redis_url=server.url, key_prefix="mpqtest-flowerdown:")
         flower = start_flower(worker_env(settings, "http://127.0.0.1:9"), tmp_path / "f.log",
-                              "--user", "u", "--password", "pw", login=("u", "pw"))
+                              "--user", "u", "--password-file", str(password_file),
+                              login=("u", "pw"))
     try:
-        time.sleep(1)  # Flower notices the broker is gone
+        wait_until(lambda: "Failed to capture events" in flower.log.read_text(), 10, 0.1,
+                   what="Flower to notice the broker is gone")
         assert flower.get("/workers").status_code == 200
     finally:
         started = time.monotonic()
@@ -273,10 +285,9 @@ async def test_flower_turns_on_the_task_events_of_a_worker_started_without(
     worker = WorkerProcess(env, tmp_path / "worker.log", "events-w").start()
     flower = start_flower(env, tmp_path / "flower.log")
     try:
-        deadline = time.monotonic() + 20  # Flower broadcasts enable_events every 5 s
-        while "Events of group {task} enabled by remote" not in worker.log():
-            assert time.monotonic() < deadline, worker.log()
-            await asyncio.sleep(0.2)
+        await until(lambda: "Events of group {task} enabled by remote" in worker.log(),
+                    20, 0.2,  # Flower broadcasts enable_events every 5 s
+                    what=lambda: f"Flower to enable the worker's events:\n{worker.log()}")
         record = JobRecord(kind=JobKind.CHAT, proxy=await stack.proxy(),
                            request={"messages": [{"role": "user", "content": "hi"}]})
         [job] = await enqueue(stack.store, stack.celery, [record], "b-events")
@@ -327,20 +338,184 @@ def test_flower_command_line() -> None:
     assert access.password
     argv = flower_argv(access, extra_args=["--persistent=True"])
     assert argv[0] == "flower"
-    assert f"--basic_auth=mpq:{access.password}" in argv
+    assert not [arg for arg in argv if access.password in arg or "basic" in arg]
+    environ = {BASIC_AUTH_ENV: "intruder:pw"}
+    flower_environment(access, environ)
+    assert environ == {BASIC_AUTH_ENV: f"mpq:{access.password}"}
     assert f"--tasks_columns={TASK_COLUMNS}" in argv
     assert "--read_only=True" in argv
     assert argv[-1] == "--persistent=True"
     chosen = resolve_access(settings, address="::1", port=0, user="bob", password="pw",
                             auth=True)
     assert (chosen.user, chosen.password, chosen.generated_password) == ("bob", "pw", False)
-    configured = settings.model_copy(update={"flower_user": "ops", "flower_password": "s3"})
+    configured = settings.model_copy(update={"flower_user": "ops",
+                                                  "flower_password": SecretStr("s3")})
     from_settings = resolve_access(configured, address=None, port=None, user=None,
                                    password=None, auth=True)
     assert (from_settings.user, from_settings.password) == ("ops", "s3")
     open_access = resolve_access(settings, address=None, port=None, user="x", password="y",
                                  auth=False)
-    assert not any(arg.startswith("--basic_auth") for arg in flower_argv(open_access))
+    flower_environment(open_access, environ)
+    assert environ == {}  # no basic auth: a login from elsewhere does not sneak in
+
+
+@pytest.mark.parametrize("args", [
+    ["--address=127.0.0.2"], ["--address", "127.0.0.2"], ["-address=0.0.0.0"],
+    ["--port=80"], ["--persistent=True", "--", "--address=0.0.0.0"],
+    ["--basic_auth=u:p"], ["--basic-auth", "u:p"], ["--auth=.*@example.com"],
+    ["--auth-provider=flower.views.auth.GithubLoginHandler"], ["--oauth2_secret=s"],
+    ["--oauth2-key=k"], ["--oauth2_redirect_uri=http://x/login"], ["--cookie-secret=c"],
+    ["--unix_socket=/tmp/flower.sock"], ["--conf=flowerconfig.py"], ["--read_only=False"],
+    ["--READ-ONLY"],
+])
+def test_flower_options_that_change_address_or_login_are_refused(args: list[str]) -> None:
+    with pytest.raises(FlowerOptionsError, match="after --"):
+        user_options(args, {})
+
+
+def test_other_flower_options_pass_and_shape_the_printed_url() -> None:
+    found = user_options(["--persistent=True", "--url-prefix=/flower", "--xheaders",
+                          "--certfile=c.pem"],
+                         {"FLOWER_KEYFILE": "k.pem", "FLOWER_MAX_TASKS": "10"})
+    assert found["persistent"] == "True"
+    assert found["xheaders"] == ""
+    assert found["max_tasks"] == "10"  # read from the environment, as Flower does
+    access = resolve_access(Settings(redis_url="redis://127.0.0.1:1/0"), address="::1",
+                            port=5555, user=None, password="pw", auth=True)
+    served = with_user_options(access, found)
+    assert served.url == "https://[::1]:5555/flower/"
+    assert with_user_options(access, {}).url == "http://[::1]:5555"
+
+
+def test_no_flower_option_or_variable_overrides_the_login() -> None:
+    """What mpq flower decides is said on Flower's command line (which wins over FLOWER_*
+    variables); the flowerconfig.py Flower would read from the cwd is replaced."""
+    access = resolve_access(Settings(redis_url="redis://127.0.0.1:1/0"), address=None,
+                            port=None, user="u", password="pw", auth=True)
+    argv = flower_argv(access)
+    for owned in ("--auth=", "--auth_provider=", "--unix_socket=", "--conf=/dev/null",
+                  "--address=127.0.0.1", "--port=5555", "--read_only=True"):
+        assert owned in argv
+    oauth = OAuthLogin("github", ".*@example.com")
+    sso = resolve_access(Settings(redis_url="redis://127.0.0.1:1/0"), address=None,
+                         port=None, user=None, password=None, auth=True, oauth=oauth)
+    assert (sso.user, sso.password, sso.auth) == (None, None, True)
+    assert "--auth=.*@example.com" in flower_argv(sso)
+    assert "--auth_provider=flower.views.auth.GithubLoginHandler" in flower_argv(sso)
+
+
+@pytest.mark.parametrize(("user", "password"), [("a,b", "pw"), ("a:b", "pw"), ("u", "p,w")])
+def test_logins_flower_would_split_are_refused(user: str, password: str) -> None:
+    with pytest.raises(FlowerOptionsError, match="comma"):
+        resolve_access(Settings(redis_url="redis://127.0.0.1:1/0"), address=None, port=None,
+                       user=user, password=password, auth=True)
+
+
+OAUTH_ENV = {"FLOWER_OAUTH2_KEY": "client-id", "FLOWER_OAUTH2_SECRET": "client-secret",
+             "FLOWER_OAUTH2_REDIRECT_URI": "http://127.0.0.1:5555/login"}
+
+
+def test_oauth_login_needs_a_provider_a_pattern_and_the_client_in_the_environment() -> None:
+    assert oauth_login(None, None, {}) is None
+    login = oauth_login("github", ".*@example.com", OAUTH_ENV)
+    assert login == OAuthLogin("github", ".*@example.com")
+    for provider, emails, environ, message in [
+        ("nope", ".*@example.com", OAUTH_ENV, "one of"),
+        (None, ".*@example.com", OAUTH_ENV, "one of"),
+        ("github", None, OAUTH_ENV, "--oauth-emails"),
+        ("github", ".*@*.com", OAUTH_ENV, "--oauth-emails"),
+        ("github", ".*@example.com", {}, "FLOWER_OAUTH2_KEY"),
+        ("okta", ".*@example.com", OAUTH_ENV, "FLOWER_OAUTH2_OKTA_BASE_URL"),
+    ]:
+        with pytest.raises(FlowerOptionsError, match=message):
+            oauth_login(provider, emails, environ)
+    settings = Settings(redis_url="redis://127.0.0.1:1/0")
+    sso = resolve_access(settings, address="0.0.0.0", port=None, user=None, password=None,
+                         auth=True, oauth=login)
+    check_exposure(sso.address, auth=sso.auth, force_open=False)  # OAuth counts as a login
+    with pytest.raises(FlowerOptionsError, match="--no-auth"):
+        resolve_access(settings, address=None, port=None, user=None, password=None,
+                       auth=False, oauth=login)
+
+
+def _flower_command(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "producer.flower", "--port", "0", *args],
+                          env=env, capture_output=True, text=True, timeout=60, check=False)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    # The review's case: it served every page without login on 127.0.0.2.
+    (["--no-auth", "--", "--address=127.0.0.2"], "--address after --"),
+    (["--", "--basic-auth", "u:p"], "MPQ_FLOWER_PASSWORD"),
+    (["--password", "pw"], "MPQ_FLOWER_PASSWORD or pass --password-file"),
+    (["--oauth-provider", "github", "--oauth-emails", ".*@example.com"], "FLOWER_OAUTH2_KEY"),
+])
+def test_flower_command_refuses(redis_url: str, args: list[str], message: str) -> None:
+    from conftest import worker_env
+
+    result = _flower_command(worker_env(Settings(redis_url=redis_url), "http://127.0.0.1:9"),
+                             *args)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def _command_lines() -> list[bytes]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            found.append(cmdline.read_bytes())
+        except OSError:  # the process has gone
+            continue
+    return found
+
+
+def test_the_password_is_on_no_command_line(redis_url: str, tmp_path: Path) -> None:
+    """Flower gets the login in its environment (the login works, and no process shows the
+    password); FLOWER_* variables for what mpq flower decides do not change what it serves."""
+    from conftest import worker_env
+
+    password = "FLOWERPW-cmdline-canary-5"
+    (tmp_path / "password").write_text(password + "\n")
+    env = worker_env(Settings(redis_url=redis_url, key_prefix="mpqtest-flowerps:"),
+                     "http://127.0.0.1:9")
+    env.update(FLOWER_BASIC_AUTH="intruder:pw", FLOWER_AUTH=".*@example.com",
+               FLOWER_UNIX_SOCKET=str(tmp_path / "flower.sock"))
+    flower = start_flower(env, tmp_path / "f.log", "--password-file",
+                          str(tmp_path / "password"), login=("mpq", password))
+    try:
+        assert flower.get("/api/workers").status_code == 200
+        assert flower.get("/api/workers", auth=("intruder", "pw")).status_code == 401
+        assert not (tmp_path / "flower.sock").exists()
+        lines = _command_lines()
+        assert any(b"producer.flower" in line for line in lines)
+        assert not [line for line in lines if password.encode() in line]
+    finally:
+        assert flower.stop() == 0
+
+
+def test_oauth_login_replaces_basic_auth(redis_url: str, tmp_path: Path) -> None:
+    from conftest import worker_env
+
+    env = {**worker_env(Settings(redis_url=redis_url, key_prefix="mpqtest-flowersso:"),
+                        "http://127.0.0.1:9"), **OAUTH_ENV}
+    flower = start_flower(env, tmp_path / "f.log", "--oauth-provider", "github",
+                          "--oauth-emails", ".*@example.com", login=("", ""))
+    try:
+        assert "login with github as .*@example.com" in flower.log.read_text()
+        assert "password" not in flower.log.read_text()
+        page = httpx.get(f"{flower.url}/tasks", timeout=10)
+        assert page.status_code == 302
+        assert page.headers["location"].startswith("/login")
+        login = httpx.get(f"{flower.url}/login", timeout=10)
+        assert login.status_code == 302
+        assert login.headers["location"].startswith("https://github.com/login/oauth/authorize")
+        assert "client_id=client-id" in login.headers["location"]
+        assert "client-secret" not in login.headers["location"]
+        assert httpx.get(f"{flower.url}/api/workers", timeout=10).status_code != 200
+        assert not [line for line in _command_lines() if b"client-secret" in line]
+    finally:
+        assert flower.stop() == 0
 
 
 # --- what Flower shows ----------------------------------------------------------------
@@ -446,7 +621,7 @@ async def test_exporter_reads_counters_and_prefixed_queues(
     redis_url: str, client: aioredis.Redis
 ) -> None:
     keys = Keys("mpqtest-exporter:")
-    recorder = MetricsRecorder(client, metrics_key(keys), flush_interval_s=0.05)
+    recorder = MetricsRecorder(client, keys.metrics(), flush_interval_s=0.05)
     recorder.job_started(JobKind.CHAT)
     recorder.job_outcome(JobKind.CHAT, JobStatus.SUCCEEDED)
     recorder.tokens("p1", {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12})
@@ -456,10 +631,10 @@ async def test_exporter_reads_counters_and_prefixed_queues(
     recorder.permit_requeued("p1", 0.25)
     recorder.stream_chunks("p1", 9)
     await recorder.aclose()
-    await client.hset(metrics_key(keys), mapping={
+    await client.hset(keys.metrics(), mapping={
         "not json": 1, encode_field("mpq_unknown", ()): 1,
         encode_field("mpq_tokens", (("proxy", "p1"),)): 1})  # labels missing: ignored
-    await client.lpush(f"{keys.prefix}broker:management", "m1", "m2")
+    await client.lpush(keys.broker_queue("management"), "m1", "m2")
     server = serve_metrics(Settings(redis_url=redis_url, key_prefix=keys.prefix),
                            address="127.0.0.1", port=0)
     try:
@@ -467,7 +642,7 @@ async def test_exporter_reads_counters_and_prefixed_queues(
             samples = parse_samples((await http.get(server.url)).text)
     finally:
         server.close()
-        await client.delete(metrics_key(keys), f"{keys.prefix}broker:management")
+        await client.delete(keys.metrics(), keys.broker_queue("management"))
     assert sample(samples, "mpq_jobs_total", kind="chat", state="running") == 1
     assert sample(samples, "mpq_jobs_total", kind="chat", state="succeeded") == 1
     assert sample(samples, "mpq_tokens_total", proxy="p1", type="prompt") == 10

@@ -11,25 +11,27 @@ import base64
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any, cast
 
 import pytest
 from celery import Celery
 
-from producer.submit import publish
-from worker.app import INFERENCE_QUEUE, MANAGEMENT_QUEUE, create_app
-from worker.contract import JobKind, JobRecord, JobStatus
+from core.celery_app import create_app
+from core.contract import JobKind, JobRecord, JobStatus
+from core.dispatch import INFERENCE_QUEUE, MANAGEMENT_QUEUE, TASK_NAMES, publish
+from core.settings import Settings
+from core.store import PUBLISHED_MS
 from worker.orphans import sweep
 from worker.runtime import Runtime, build_runtime
-from worker.settings import Settings
-from worker.tasks import TASK_NAMES
 
 pytestmark = pytest.mark.timeout(60)
 
 GRACE_S = 60.0
 LONG_AGO_S = 3600.0  # well past the grace
 SLACK_MS = 5_000  # "now" as the sweep saw it, give or take a slow machine
+BACKLOG_AGE_S = 3600.0  # how long the queued messages of a steady backlog have waited
 
 
 @pytest.fixture
@@ -77,7 +79,7 @@ async def scores(rt: Runtime) -> dict[str, float]:
 
 
 def broker_key(rt: Runtime, name: str) -> str:
-    return f"{rt.settings.key_prefix}broker:{name}"
+    return rt.keys.broker_queue(name)
 
 
 async def messages(rt: Runtime, queue: str) -> list[tuple[str, list[Any]]]:
@@ -213,3 +215,89 @@ async def test_an_unreadable_record_does_not_stop_the_sweep(rt: Runtime,
 
     assert await messages(rt, INFERENCE_QUEUE) == [(TASK_NAMES[JobKind.CHAT], [job.id])]
     assert broken.id not in await scores(rt)
+
+
+# --- a steady backlog: the queue is never empty -------------------------------------------
+
+
+async def waited(rt: Runtime, count: int, age_s: float) -> list[JobRecord]:
+    """Jobs created, published and last seen ``age_s`` ago (their messages not sent)."""
+    at = time.time() - age_s
+    records = await rt.store.create_jobs(
+        [JobRecord(kind=JobKind.CHAT, proxy="p1", request={}, created_at=at)
+         for _ in range(count)])
+    await stamp(rt, records, int(at * 1000))
+    await rt.redis.zadd(rt.keys.open_jobs(), {r.id: int(at * 1000) for r in records})
+    return records
+
+
+async def stamp(rt: Runtime, records: Iterable[JobRecord], published_ms: int) -> None:
+    """Set when the jobs' newest message was published, as a publish or requeue does."""
+    async with rt.redis.pipeline(transaction=False) as pipe:
+        for record in records:
+            pipe.hset(rt.keys.job(record.id), PUBLISHED_MS, published_ms)
+        await pipe.execute()
+
+
+async def queued_ids(rt: Runtime) -> Counter[str]:
+    return Counter(args[0] for _task, args in await messages(rt, INFERENCE_QUEUE))
+
+
+async def test_lost_message_is_found_behind_a_steady_backlog(
+    rt: Runtime, celery: Celery
+) -> None:
+    """A worker took a message (BRPOP) and died before recording it as unacked, while 1,000
+    younger messages wait: the next sweep resends that one and none of the 1,000."""
+    [lost] = await waited(rt, 1, BACKLOG_AGE_S + 600)
+    await sent(celery, lost)
+    backlog = await waited(rt, 1000, BACKLOG_AGE_S)
+    await sent(celery, *backlog)
+    taken = await rt.redis.rpop(broker_key(rt, INFERENCE_QUEUE))  # the consuming end
+    assert lost.id in str(taken)
+    before = now_ms()
+
+    assert await sweep(rt, celery, GRACE_S) == 1
+
+    assert await queued_ids(rt) == Counter([lost.id, *(r.id for r in backlog)])
+    assert (await messages(rt, INFERENCE_QUEUE))[-1][1] == [lost.id]  # the newest message
+    assert int(await rt.redis.hget(rt.keys.job(lost.id), PUBLISHED_MS)) >= before
+    # The job left out of the first sweep (LIMIT) is still queued: not resent either.
+    assert await sweep(rt, celery, GRACE_S) == 0
+    assert len(await messages(rt, INFERENCE_QUEUE)) == 1001
+
+
+def requeue(celery: Celery, records: Iterable[JobRecord], countdown_s: float) -> None:
+    """What a task's `self.retry(countdown=...)` sends: a message with an ETA."""
+    for record in records:
+        celery.send_task(TASK_NAMES[JobKind.CHAT], args=[record.id], countdown=countdown_s)
+
+
+async def test_lost_message_is_found_behind_requeued_messages(
+    rt: Runtime, celery: Celery
+) -> None:
+    """The queue holds requeues of jobs created long ago (rate-limit waits): their ETAs, not
+    their age, tell how recent they are."""
+    [lost] = await waited(rt, 1, 2 * BACKLOG_AGE_S)
+    await stamp(rt, [lost], now_ms() - 600_000)  # its last requeue, ten minutes ago
+    requeued = await waited(rt, 20, 2 * BACKLOG_AGE_S)
+    await stamp(rt, requeued, now_ms())  # as release() stamps before the retry
+    await asyncio.to_thread(requeue, celery, requeued, 5.0)
+
+    assert await sweep(rt, celery, GRACE_S) == 1
+
+    assert await queued_ids(rt) == Counter([lost.id, *(r.id for r in requeued)])
+
+
+async def test_queued_messages_that_tell_nothing_keep_their_jobs_waiting(
+    rt: Runtime, celery: Celery
+) -> None:
+    """The oldest messages name jobs whose records are gone and carry no ETA: no floor is
+    known, so nothing is resent from that queue."""
+    [job] = await waited(rt, 1, BACKLOG_AGE_S)
+    await sent(celery, *(JobRecord(kind=JobKind.CHAT, proxy="p1", request={})
+                         for _ in range(3)))  # never stored
+
+    assert await sweep(rt, celery, GRACE_S) == 0
+
+    assert job.id not in await queued_ids(rt)
+    assert (await scores(rt))[job.id] >= now_ms() - SLACK_MS

@@ -14,8 +14,15 @@ from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
+from polling import until
 from redis.asyncio import Redis
 
+from core.contract import decode_hash
+from core.keys import Keys
+from emulator.control_routes import BASE_PATH
+from emulator.server import EmulatorServer
+from emulator.settings import EmulatorSettings
+from emulator.state import FAIL_CREATE_MARKER
 from modelproxy import (
     Config,
     ModelProxy,
@@ -24,19 +31,13 @@ from modelproxy import (
     ProxyConfig,
     ProxyConfigEndpoint,
     ProxyConfigPolicies,
+    ProxyNotFoundError,
 )
-from modelproxy.emulator.control_routes import BASE_PATH
-from modelproxy.emulator.server import EmulatorServer
-from modelproxy.emulator.settings import EmulatorSettings
-from modelproxy.emulator.state import FAIL_CREATE_MARKER
 from modelproxy.models import ModelProxyProps
-from worker.contract import decode_hash
-from worker.keys import Keys
 from worker.proxy_cache import (
     VANISHED_RETENTION_S,
     CachedProxy,
     ProxyCache,
-    ProxyUnavailable,
     RefreshReport,
 )
 from worker.ratelimit.policy import Limits
@@ -139,7 +140,7 @@ async def test_stale_entry_is_refreshed_on_demand(
     await ModelProxy.update_by_name_async(name, update, config=config)
 
     still_cached = await cache.get(name)
-    await asyncio.sleep(0.6)
+    await asyncio.sleep(0.6)  # on purpose: the entry ages past its 0.5 s max age
     refreshed = await cache.get(name)
 
     assert still_cached.props.description == "before"
@@ -149,15 +150,19 @@ async def test_stale_entry_is_refreshed_on_demand(
 
 
 @pytest.fixture
-def slow_control_get(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Control-plane GETs take 0.2 s more, so concurrent callers overlap for sure."""
+def slow_control_get(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Control-plane GETs take 0.2 s more, so concurrent callers overlap for sure. Returns
+    the names whose GET has started."""
     original = ModelProxy.get_by_name_async
+    started: list[str] = []
 
     async def slow(name: str, config: Config | None = None) -> ModelProxy:
+        started.append(name)
         await asyncio.sleep(0.2)
         return await original(name, config=config)
 
     monkeypatch.setattr(ModelProxy, "get_by_name_async", staticmethod(slow))
+    return started
 
 
 @pytest.mark.usefixtures("slow_control_get")
@@ -173,15 +178,14 @@ async def test_concurrent_gets_of_a_stale_entry_fetch_once(
     assert await requests_on(emulator, GET_ROUTE) == 1
 
 
-@pytest.mark.usefixtures("slow_control_get")
 async def test_a_cancelled_caller_does_not_cancel_the_shared_fetch(
-    cache: ProxyCache, config: Config, emulator: EmulatorServer
+    cache: ProxyCache, config: Config, emulator: EmulatorServer, slow_control_get: list[str]
 ) -> None:
     name = unique()
     await create(config, name)
     impatient = asyncio.ensure_future(cache.get(name))
     patient = asyncio.ensure_future(cache.get(name))
-    await asyncio.sleep(0.05)
+    await until(lambda: name in slow_control_get, 5, 0.005, what="the shared fetch to start")
 
     impatient.cancel()
 
@@ -196,9 +200,10 @@ async def test_unknown_proxy_raises_and_is_negatively_cached(
     name = unique("missing")
 
     for _ in range(3):
-        with pytest.raises(ProxyUnavailable) as caught:
+        with pytest.raises(ProxyNotFoundError) as caught:
             await cache.get(name)
-        assert (caught.value.name, caught.value.reason) == (name, "does not exist")
+        assert (caught.value.name, str(caught.value)) == (name, f'proxy "{name}" does not exist')
+        assert not caught.value.retryable
 
     assert await requests_on(emulator, GET_ROUTE) == 1
     assert (await stored(client, keys.proxy(name)))["state"] == "vanished"
@@ -210,10 +215,10 @@ async def test_negative_cache_is_short(
 ) -> None:
     cache = ProxyCache(client, keys, config, max_age_s=0.3)
     name = unique()
-    with pytest.raises(ProxyUnavailable):
+    with pytest.raises(ProxyNotFoundError):
         await cache.get(name)
     await create(config, name)
-    await asyncio.sleep(0.4)
+    await asyncio.sleep(0.4)  # on purpose: the negative entry ages past its 0.3 s max age
 
     found = await cache.get(name)
 
@@ -231,7 +236,7 @@ async def test_deleted_proxy_raises_after_invalidate(
 
     await cache.invalidate(name)
     assert not await client.exists(keys.proxy(name))
-    with pytest.raises(ProxyUnavailable):
+    with pytest.raises(ProxyNotFoundError):
         await cache.get(name)
 
 
@@ -255,7 +260,7 @@ async def test_declared_limits_come_from_the_proxy_policies(
     policies = ProxyConfigPolicies.model_validate(
         {
             "concurrencyLimit": 3,
-            "tokenRateLimiter": {"tpm": 1000},
+            "tokenRateLimiter": {"tpm": 1000, "tph": 50_000, "tpd": 900_000},
             "requestRateLimiter": {"rpm": 60},
         }
     )
@@ -264,7 +269,8 @@ async def test_declared_limits_come_from_the_proxy_policies(
     fetched = await cache.get(name)
     from_cache = await cache.get(name)
 
-    want = Limits(requests_per_minute=60, tokens_per_minute=1000, max_concurrency=3)
+    want = Limits(requests_per_minute=60, tokens_per_minute=1000, tokens_per_hour=50_000,
+                  tokens_per_day=900_000, max_concurrency=3)
     assert fetched.declared_limits() == want
     assert from_cache.declared_limits() == want
 
@@ -311,17 +317,18 @@ async def test_refresh_all_writes_marks_vanished_and_counts_failed(
     await create(config, doomed)
     await cache.get(doomed)
     await ModelProxy.delete_by_name_async(doomed, config=config)
-    await client.set(keys.proxy_cooldown(ready), "1")  # a sub-key the scan must skip
+    stray = f"{keys.proxy(ready)}:stray"
+    await client.set(stray, "1")  # not a proxy's hash: the scan must skip it
 
     report = await cache.refresh_all()
 
     assert report == RefreshReport(listed=2, ready=1, failed=1, vanished=1)
     assert (await stored(client, keys.proxy(failing)))["status"] == "CREATE_FAILED"
     assert (await cache.get(ready)).status == "READY"
-    with pytest.raises(ProxyUnavailable):
+    with pytest.raises(ProxyNotFoundError):
         await cache.get(doomed)
     assert await requests_on(emulator, GET_ROUTE) == 1  # only the get before the delete
-    assert await client.get(keys.proxy_cooldown(ready)) == b"1"
+    assert await client.get(stray) == b"1"
 
 
 async def test_refresh_all_marks_a_vanished_proxy_once(
@@ -344,7 +351,7 @@ async def test_refresh_all_brings_a_recreated_proxy_back(
     cache: ProxyCache, client: Redis, keys: Keys, config: Config
 ) -> None:
     name = unique()
-    with pytest.raises(ProxyUnavailable):
+    with pytest.raises(ProxyNotFoundError):
         await cache.get(name)
     await create(config, name)
 

@@ -16,13 +16,11 @@ from conftest import WorkerProcess
 from kombu import Connection
 from stack import Stack
 
-from modelproxy.emulator.server import EmulatorServer
-from modelproxy.emulator.settings import EmulatorSettings
-from producer import submit
-from producer.submit import enqueue, job_summary
-from worker.app import INFERENCE_QUEUE, MANAGEMENT_QUEUE
-from worker.contract import JobKind, JobRecord, JobStatus
-from worker.tasks import TASK_NAMES
+from core import dispatch
+from core.contract import JobKind, JobRecord, JobStatus
+from core.dispatch import INFERENCE_QUEUE, MANAGEMENT_QUEUE, TASK_NAMES, enqueue, job_summary
+from emulator.server import EmulatorServer
+from emulator.settings import EmulatorSettings
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -58,11 +56,11 @@ def forbid(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
     """Make one publishing path fail loudly, to prove the other one ran."""
     def refuse(*args: Any, **kwargs: Any) -> None:
         raise AssertionError(f"{name} must not be used here")
-    monkeypatch.setattr(submit, name, refuse)
+    monkeypatch.setattr(dispatch, name, refuse)
 
 
 def broker_key(stack: Stack, name: str) -> str:
-    return f"{stack.settings.key_prefix}broker:{name}"
+    return stack.store.keys.broker_queue(name)
 
 
 def queued(stack: Stack, queue: str) -> list[dict[str, Any]]:
@@ -154,10 +152,11 @@ async def test_pipelined_and_send_task_messages_are_the_same(
     fast, slow = (JobRecord(kind=JobKind.CHAT, proxy=proxy, request=CHAT) for _ in range(2))
     await stack.store.create_jobs([fast, slow])
     with sent_events(stack) as collect, stack.celery.producer_or_acquire() as producer:
-        submit.send_each(stack.celery, producer, [slow])
-        routes = submit.direct_routes(stack.celery, producer, [fast])
+        dispatch.send_each(stack.celery, producer, [dispatch.message_for(slow)])
+        message = dispatch.message_for(fast)
+        routes = dispatch.direct_routes(stack.celery, producer, [message.task])
         assert routes is not None
-        submit.write_pipelined(stack.celery, producer, [fast], routes)
+        dispatch.write_pipelined(stack.celery, producer, [message], routes)
         events = collect()
 
     by_send_task, pipelined = queued(stack, INFERENCE_QUEUE)

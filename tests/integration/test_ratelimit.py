@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from worker.ratelimit import Limits, Permit, RateLimiter, Wait, limiter_keys
+from core.keys import LIMITER_PARTS, Keys
+from core.keys import LimiterKeys as Lk
+from worker.ratelimit import Limits, Permit, RateLimiter, Wait
 from worker.ratelimit.policy import Gcra, buckets
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -26,10 +28,10 @@ LEASE_TTL_S = 30.0
 
 
 @pytest.fixture
-async def key_base(client: Redis) -> AsyncIterator[str]:
-    base = f"mpq-test:rl:{uuid.uuid4().hex}"
-    yield base
-    await client.delete(*limiter_keys(base))
+async def key_base(client: Redis) -> AsyncIterator[Lk]:
+    keys = Keys("mpq-test:").limiter(uuid.uuid4().hex)
+    yield keys
+    await client.delete(*keys)
 
 
 @pytest.fixture
@@ -49,7 +51,7 @@ def bucket_bound(bucket: Gcra | None, elapsed_s: float) -> float:
 
 async def hammer(
     limiter: RateLimiter,
-    key_base: str,
+    key_base: Lk,
     limits: Limits,
     duration_s: float,
     costs: list[int],
@@ -76,7 +78,7 @@ async def hammer(
 
 @pytest.mark.parametrize("burst_ratio", [0.1, 1.0])
 async def test_rpm_admits_burst_plus_rate_never_more(
-    client: Redis, key_base: str, burst_ratio: float
+    client: Redis, key_base: Lk, burst_ratio: float
 ) -> None:
     limiter = RateLimiter(client, burst_ratio=burst_ratio)
     limits = Limits(requests_per_minute=120)
@@ -87,7 +89,7 @@ async def test_rpm_admits_burst_plus_rate_never_more(
     assert permits >= bound - 2
 
 
-async def test_tpm_small_costs_stay_under_the_bound(limiter: RateLimiter, key_base: str) -> None:
+async def test_tpm_small_costs_stay_under_the_bound(limiter: RateLimiter, key_base: Lk) -> None:
     limits = Limits(tokens_per_minute=6000)  # 100 tokens/s, burst 600
     costs = [10, 50, 120, 300]
     permits, tokens, elapsed_s = await hammer(limiter, key_base, limits, 3.0, costs)
@@ -98,7 +100,7 @@ async def test_tpm_small_costs_stay_under_the_bound(limiter: RateLimiter, key_ba
 
 
 async def test_tpm_big_cost_is_admitted_when_full_and_charged_in_full(
-    limiter: RateLimiter, key_base: str
+    limiter: RateLimiter, key_base: Lk
 ) -> None:
     limits = Limits(tokens_per_minute=6000)  # 10 ms per token, burst 600
     assert isinstance(await limiter.acquire(key_base, limits, 5000, lease(), 5), Permit)
@@ -110,18 +112,18 @@ async def test_tpm_big_cost_is_admitted_when_full_and_charged_in_full(
 
 
 async def test_tpm_big_cost_waits_only_until_the_bucket_is_full(
-    limiter: RateLimiter, key_base: str
+    limiter: RateLimiter, key_base: Lk
 ) -> None:
     limits = Limits(tokens_per_minute=6000)
     assert isinstance(await limiter.acquire(key_base, limits, 50, lease(), 5), Permit)
     refused = await limiter.acquire(key_base, limits, 50_000, lease(), 5)
     assert isinstance(refused, Wait)
     assert 0.4 < refused.wait_s <= 0.5  # the 50 tokens drain at 100/s; then it fits
-    await asyncio.sleep(refused.wait_s)
+    await asyncio.sleep(refused.wait_s)  # on purpose: exactly the wait it was told
     assert isinstance(await limiter.acquire(key_base, limits, 50_000, lease(), 5), Permit)
 
 
-async def test_reconcile_gives_tokens_back(limiter: RateLimiter, key_base: str) -> None:
+async def test_reconcile_gives_tokens_back(limiter: RateLimiter, key_base: Lk) -> None:
     limits = Limits(tokens_per_minute=6000, tokens_per_second=10_000)
     assert isinstance(await limiter.acquire(key_base, limits, 600, lease(), 5), Permit)
     assert isinstance(await limiter.acquire(key_base, limits, 100, lease(), 5), Wait)
@@ -129,14 +131,14 @@ async def test_reconcile_gives_tokens_back(limiter: RateLimiter, key_base: str) 
     assert isinstance(await limiter.acquire(key_base, limits, 100, lease(), 5), Permit)
 
 
-async def test_reconcile_never_banks_credit_below_now(limiter: RateLimiter, key_base: str) -> None:
+async def test_reconcile_never_banks_credit_below_now(limiter: RateLimiter, key_base: Lk) -> None:
     limits = Limits(tokens_per_minute=6000)
     await limiter.reconcile(key_base, limits, -100_000)
     assert isinstance(await limiter.acquire(key_base, limits, 600, lease(), 5), Permit)
     assert isinstance(await limiter.acquire(key_base, limits, 100, lease(), 5), Wait)
 
 
-async def test_reconcile_charges_extra_usage(limiter: RateLimiter, key_base: str) -> None:
+async def test_reconcile_charges_extra_usage(limiter: RateLimiter, key_base: Lk) -> None:
     limits = Limits(tokens_per_minute=6000)
     assert isinstance(await limiter.acquire(key_base, limits, 100, lease(), 5), Permit)
     await limiter.reconcile(key_base, limits, 1000)  # used 1100, estimated 100
@@ -146,7 +148,7 @@ async def test_reconcile_charges_extra_usage(limiter: RateLimiter, key_base: str
 
 
 async def test_semaphore_caps_leases_and_release_frees_a_slot(
-    limiter: RateLimiter, key_base: str
+    limiter: RateLimiter, key_base: Lk
 ) -> None:
     limits = Limits(max_concurrency=3)
     leases = [lease() for _ in range(3)]
@@ -161,17 +163,88 @@ async def test_semaphore_caps_leases_and_release_frees_a_slot(
     assert isinstance(await limiter.acquire(key_base, limits, 1, lease(), LEASE_TTL_S), Permit)
 
 
-async def test_unreleased_lease_expires(limiter: RateLimiter, key_base: str) -> None:
+async def test_unreleased_lease_expires(limiter: RateLimiter, key_base: Lk) -> None:
     limits = Limits(max_concurrency=2)
     for _ in range(2):  # a worker killed mid-call never releases these
         assert isinstance(await limiter.acquire(key_base, limits, 1, lease(), 0.3), Permit)
     refused = await limiter.acquire(key_base, limits, 1, lease(), 0.3)
     assert isinstance(refused, Wait)
-    await asyncio.sleep(0.35)
+    await asyncio.sleep(0.35)  # on purpose: the 0.3 s leases expire
     assert isinstance(await limiter.acquire(key_base, limits, 1, lease(), 0.3), Permit)
 
 
-async def test_semaphore_holds_under_contention(limiter: RateLimiter, key_base: str) -> None:
+async def test_renewed_lease_keeps_its_slot_past_its_ttl(
+    limiter: RateLimiter, key_base: Lk
+) -> None:
+    ttl_s = 1.0
+    limits = Limits(max_concurrency=2)
+    renewed, forgotten = lease(), lease()  # a long call, and one whose worker died
+    for lease_id in (renewed, forgotten):
+        assert isinstance(await limiter.acquire(key_base, limits, 1, lease_id, ttl_s), Permit)
+    deadline = time.monotonic() + 2.5 * ttl_s
+    while time.monotonic() < deadline:
+        await asyncio.sleep(ttl_s / 5)
+        assert await limiter.renew(key_base, renewed, ttl_s) is True
+    # Past both TTLs: the forgotten lease's slot is free, the renewed one's is still taken.
+    assert isinstance(await limiter.acquire(key_base, limits, 1, lease(), 30), Permit)
+    refused = await limiter.acquire(key_base, limits, 1, lease(), 30)
+    assert isinstance(refused, Wait)
+    assert refused.reason == "concurrency"
+    assert await limiter.renew(key_base, forgotten, 30) is False  # reaped: not brought back
+    assert await limiter.release(key_base, renewed) is True
+    assert await limiter.renew(key_base, renewed, 30) is False  # released: not brought back
+    assert isinstance(await limiter.acquire(key_base, limits, 1, lease(), 30), Permit)
+
+
+async def test_renewal_queued_on_a_pipeline(
+    client: Redis, limiter: RateLimiter, key_base: Lk
+) -> None:
+    limits = Limits(max_concurrency=1)
+    held = lease()
+    assert isinstance(await limiter.acquire(key_base, limits, 1, held, 0.3), Permit)
+    async with client.pipeline(transaction=False) as pipe:
+        await limiter.queue_renew(pipe, key_base, held, 30)
+        await limiter.queue_renew(pipe, key_base, lease(), 30)  # never held
+        assert await pipe.execute() == [1, 0]
+    await asyncio.sleep(0.4)
+    assert isinstance(await limiter.acquire(key_base, limits, 1, lease(), 30), Wait)
+    leases_ttl_ms = await client.pttl(key_base[LIMITER_PARTS.index("leases")])
+    assert 29_000 < leases_ttl_ms <= 30_001  # the set lives as long as its longest lease
+
+
+@pytest.mark.parametrize(
+    ("limits", "reason", "burst"),
+    [
+        (Limits(tokens_per_hour=3600), "tph", 360),  # 1 s per token, burst 360
+        (Limits(tokens_per_day=86_400), "tpd", 8640),  # 1 s per token, burst 8640
+    ],
+)
+async def test_hour_and_day_buckets(
+    client: Redis, limiter: RateLimiter, key_base: Lk, limits: Limits, reason: str, burst: int
+) -> None:
+    assert isinstance(await limiter.acquire(key_base, limits, burst - 10, lease(), 5), Permit)
+    assert isinstance(await limiter.acquire(key_base, limits, 10, lease(), 5), Permit)
+    refused = await limiter.acquire(key_base, limits, 3, lease(), 5)
+    assert isinstance(refused, Wait)
+    assert refused.reason == reason
+    assert 2.9 < refused.wait_s <= 3.0  # 3 tokens at 1 s each
+    key = key_base[LIMITER_PARTS.index(reason)]
+    assert 0 < await client.pttl(key) <= burst * 1000 + 1  # kept only until the bucket refills
+    await limiter.reconcile(key_base, limits, -5)  # the calls used 5 tokens less
+    assert isinstance(await limiter.acquire(key_base, limits, 3, lease(), 5), Permit)
+
+
+async def test_the_longest_wait_names_the_limit(limiter: RateLimiter, key_base: Lk) -> None:
+    limits = Limits(tokens_per_minute=600, tokens_per_hour=3600, tokens_per_day=86_400)
+    assert isinstance(await limiter.acquire(key_base, limits, 360, lease(), 5), Permit)
+    refused = await limiter.acquire(key_base, limits, 60, lease(), 5)
+    assert isinstance(refused, Wait)
+    # tpm waits 100 ms/token * (360 + 60 - 60), tph 1 s/token * (360 + 60 - 360)
+    assert refused.reason == "tph"
+    assert 59.9 < refused.wait_s <= 60.0
+
+
+async def test_semaphore_holds_under_contention(limiter: RateLimiter, key_base: Lk) -> None:
     limits = Limits(max_concurrency=3)
     in_flight, peak, done = 0, 0, 0
 
@@ -182,7 +255,7 @@ async def test_semaphore_holds_under_contention(limiter: RateLimiter, key_base: 
         assert isinstance(permit, Permit)
         in_flight += 1
         peak = max(peak, in_flight)
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.02)  # on purpose: holds the permit a while
         in_flight -= 1
         await limiter.release(key_base, lease_id)
         done += 1
@@ -193,7 +266,7 @@ async def test_semaphore_holds_under_contention(limiter: RateLimiter, key_base: 
     assert done == 30
 
 
-async def test_cooldown_blocks_every_caller_then_lifts(limiter: RateLimiter, key_base: str) -> None:
+async def test_cooldown_blocks_every_caller_then_lifts(limiter: RateLimiter, key_base: Lk) -> None:
     assert await limiter.cooldown_remaining_s(key_base) == 0
     assert await limiter.start_cooldown(key_base, 0.6) == 0.6
     assert 0.5 < await limiter.cooldown_remaining_s(key_base) <= 0.6
@@ -206,13 +279,13 @@ async def test_cooldown_blocks_every_caller_then_lifts(limiter: RateLimiter, key
     waits_s = [r.wait_s for r in results if isinstance(r, Wait)]
     assert all(0.4 < wait_s <= 0.6 for wait_s in waits_s)
 
-    await asyncio.sleep(max(waits_s))
+    await asyncio.sleep(max(waits_s))  # on purpose: the cool-down runs out
     assert await limiter.cooldown_remaining_s(key_base) == 0
     assert isinstance(await limiter.acquire(key_base, Limits(), 1, lease(), 5), Permit)
 
 
 async def test_wait_for_permit_sleeps_through_short_waits(
-    limiter: RateLimiter, key_base: str
+    limiter: RateLimiter, key_base: Lk
 ) -> None:
     limits = Limits(requests_per_minute=60)  # one per second, burst 6
     for _ in range(6):
@@ -223,7 +296,7 @@ async def test_wait_for_permit_sleeps_through_short_waits(
     assert 0.9 < time.monotonic() - start < 1.5
 
 
-async def test_wait_for_permit_hands_back_long_waits(limiter: RateLimiter, key_base: str) -> None:
+async def test_wait_for_permit_hands_back_long_waits(limiter: RateLimiter, key_base: Lk) -> None:
     await limiter.start_cooldown(key_base, 5)
     start = time.monotonic()
     result = await limiter.wait_for_permit(key_base, Limits(), 1, lease(), 5, max_wait_s=0.3)
@@ -235,9 +308,11 @@ async def test_wait_for_permit_hands_back_long_waits(limiter: RateLimiter, key_b
 CHILD_SCRIPT = """
 import asyncio, json, sys, time, uuid
 from redis.asyncio import Redis
+from core.keys import Keys
 from worker.ratelimit import Limits, Permit, RateLimiter
 
-async def main(url, key_base, rpm, start_at, duration_s):
+async def main(url, proxy, rpm, start_at, duration_s):
+    key_base = Keys("mpq-test:").limiter(proxy)
     client = Redis.from_url(url)
     limiter = RateLimiter(client)
     limits = Limits(requests_per_minute=rpm)
@@ -259,15 +334,15 @@ async def main(url, key_base, rpm, start_at, duration_s):
     print(json.dumps({"permits": permits, "start": start, "end": time.time()}))
     await client.aclose()
 
-url, key_base, rpm, start_at, duration_s = sys.argv[1:]
-asyncio.run(main(url, key_base, int(rpm), float(start_at), float(duration_s)))
+url, proxy, rpm, start_at, duration_s = sys.argv[1:]
+asyncio.run(main(url, proxy, int(rpm), float(start_at), float(duration_s)))
 """
 
 
-async def run_child(url: str, key_base: str, rpm: int, start_at: float) -> dict[str, float]:
+async def run_child(url: str, proxy: str, rpm: int, start_at: float) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", CHILD_SCRIPT, url, key_base, str(rpm), str(start_at), "3",
+        sys.executable, "-c", CHILD_SCRIPT, url, proxy, str(rpm), str(start_at), "3",
         env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     stdout, stderr = await proc.communicate()
@@ -276,10 +351,15 @@ async def run_child(url: str, key_base: str, rpm: int, start_at: float) -> dict[
     return report
 
 
-async def test_two_processes_share_one_limit(redis_url: str, key_base: str) -> None:
+async def test_two_processes_share_one_limit(redis_url: str, client: Redis) -> None:
     rpm = 1200  # 20/s, burst 120
+    proxy = uuid.uuid4().hex
     start_at = time.time() + 2.0  # both processes start hammering together, after imports
-    reports = await asyncio.gather(*(run_child(redis_url, key_base, rpm, start_at) for _ in "ab"))
+    try:
+        reports = await asyncio.gather(*(run_child(redis_url, proxy, rpm, start_at)
+                                         for _ in "ab"))
+    finally:
+        await client.delete(*Keys("mpq-test:").limiter(proxy))
     permits = [int(r["permits"]) for r in reports]
     # Measured from the first child's start, in case slow imports made one start late.
     elapsed_s = max(r["end"] for r in reports) - min(r["start"] for r in reports)

@@ -11,16 +11,18 @@ import uuid
 
 import pytest
 import redis.asyncio as aioredis
+from conftest import running
+from polling import until
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from core.contract import ChunkEntry, JobKind, JobRecord, JobStatus
+from core.embedded_redis import free_port
+from core.keys import Keys
+from core.redis_client import redis_client
+from core.store import JobStore
 from producer import jobs
 from producer.jobs import AsyncJob
 from producer.stream_reader import StreamReader
-from worker.contract import ChunkEntry, JobKind, JobRecord, JobStatus
-from worker.embedded_redis import free_port
-from worker.keys import Keys
-from worker.runtime import redis_client
-from worker.store import JobStore
 
 RETENTION_S = 600
 
@@ -47,15 +49,21 @@ async def test_many_followers_get_their_entries_in_order_on_one_connection(
     reader = StreamReader(JobStore(reader_client, store.keys, RETENTION_S), block_ms=200)
     observer = aioredis.Redis.from_url(any_redis_url, decode_responses=True)
     jobs = [f"job{i}" for i in range(40)]
+    await running(store, *jobs)
 
     async def write(job_id: str) -> None:
         for seq in range(15):
             await store.append_chunks(job_id, [_entry(seq)])
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(0.005)  # on purpose: the writes interleave with the reads
 
     try:
         readers = [asyncio.ensure_future(_collect(reader, job_id, 15)) for job_id in jobs]
-        await asyncio.sleep(0.05)
+
+        async def reading() -> bool:
+            return any(c["name"] == name and "b" in c["flags"]
+                       for c in await observer.client_list())
+
+        await until(reading, 5, 0.01, what="the followers' read to block in XREAD")
         await asyncio.gather(*(write(job_id) for job_id in jobs))
         connections = [c for c in await observer.client_list() if c["name"] == name]
         results = await asyncio.gather(*readers)
@@ -71,6 +79,7 @@ async def test_a_follower_that_joins_while_the_read_waits_is_served_at_once(
     store: JobStore,
 ) -> None:
     reader = StreamReader(store, block_ms=5_000)
+    await running(store, "late")
     await store.append_chunks("late", [_entry(0)])
     try:
         async with reader.follow("early") as early:
@@ -88,7 +97,9 @@ async def test_a_follower_that_joins_while_the_read_waits_is_served_at_once(
 async def test_two_followers_of_one_stream_each_get_what_follows_their_position(
     store: JobStore,
 ) -> None:
+    await running(store, "shared")
     ids = await store.append_chunks("shared", [_entry(seq) for seq in range(4)])
+    assert ids is not None
     reader = StreamReader(store, block_ms=200)
     try:
         async with reader.follow("shared") as whole, reader.follow("shared", ids[1]) as tail:
@@ -130,6 +141,7 @@ async def test_a_job_that_ended_while_its_first_read_waited_streams_everything(
     once judged "drained" from the follow's position and ended with nothing)."""
     monkeypatch.setattr(jobs, "STREAM_BLOCK_S", 0.0)  # every read returns at once
     [record] = await store.create_jobs([JobRecord(kind=JobKind.CHAT, proxy="p", request={})])
+    await store.claim(record.id, "w1", lease_s=600)
     await store.append_chunks(record.id, [_entry(seq) for seq in range(3)])
     done = ChunkEntry(attempt=1, seq=3, kind="done", data="{}")
     assert await store.finish(record.id, 1, JobStatus.SUCCEEDED, result={}, last_chunk=done)
@@ -140,3 +152,24 @@ async def test_a_job_that_ended_while_its_first_read_waited_streams_everything(
         finally:
             await reader.aclose()
         assert [event.kind for event in events] == ["delta"] * 3 + ["done"]
+
+
+async def test_a_stream_skips_entries_of_an_attempt_older_than_one_it_saw(
+    store: JobStore, any_redis_url: str
+) -> None:
+    """Entries of a superseded attempt after its successor's first one (the store refuses
+    them now; a stream written before that fence may hold some) are never yielded: after
+    the `restart` comes the final attempt's text alone."""
+    raw = aioredis.Redis.from_url(any_redis_url)  # plain XADDs: around the fence
+    written = [(1, "delta", "a"), (2, "delta", "B"), (1, "delta", "stale"), (1, "error", ""),
+               (2, "delta", "C"), (2, "done", "")]
+    try:
+        for seq, (attempt, kind, text) in enumerate(written):
+            entry = ChunkEntry(attempt=attempt, seq=seq, kind=kind, data=f'{{"text":"{text}"}}')
+            await raw.xadd(store.keys.job_chunks("mixed"), dict(entry.to_redis()))
+    finally:
+        await raw.aclose()
+    events = [event async for event in AsyncJob(store, "mixed").stream()]
+    assert [(event.kind, event.attempt, event.text) for event in events] == [
+        ("delta", 1, "a"), ("restart", 2, ""), ("delta", 2, "B"), ("delta", 2, "C"),
+        ("done", 2, "")]

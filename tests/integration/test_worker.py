@@ -10,13 +10,16 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
+from polling import until
 from stack import Stack
 
-from modelproxy import Config, ModelProxy
-from modelproxy.emulator.server import EmulatorServer
-from modelproxy.emulator.settings import EmulatorSettings
-from producer.submit import cancel_batch, publish
-from worker.contract import JobKind, JobStatus
+from core.contract import ChunkEntry, JobKind, JobStatus
+from core.dispatch import cancel_batch, publish
+from core.settings import Settings
+from emulator.server import EmulatorServer
+from emulator.settings import EmulatorSettings
+from modelproxy import Config, ModelProxy, ResourceNotExistError
+from producer.client import AsyncClient
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -124,7 +127,7 @@ async def test_management_jobs(stack: Stack) -> None:
     assert name in {p["modelProxyName"] for p in listed.result["items"]}
     deleted = await run(JobKind.MGMT_DELETE)
     assert deleted.result["status"] == "DELETING"
-    await asyncio.sleep(0.3)
+    await until(lambda: _gone(name, stack.config), 10, what=f"proxy {name} to be deleted")
     gone = await run(JobKind.MGMT_DELETE)  # 404 is success
     assert (gone.status, gone.result["status"]) == (JobStatus.SUCCEEDED, "DELETED")
     missing = await run(JobKind.MGMT_GET)
@@ -211,19 +214,71 @@ async def test_cancel_stops_a_running_stream(stack: Stack) -> None:
     with stack.emulator_settings(tpot_s=0.05, default_completion_tokens=400):
         job = await stack.chat(proxy, stream=True)
         await stack.wait(job.id, until=frozenset({JobStatus.RUNNING}))
-        await asyncio.sleep(0.5)
+        await until(lambda: stack.chunks(job.id), 10, what="the stream's first chunks")
         assert await stack.store.cancel(job.id)
         cancelled_at = time.monotonic()
-        await asyncio.sleep(1.2)
-    chunks = await stack.chunks(job.id)
-    assert chunks[-1].kind == "error", "the stream did not stop within a second"
+        chunks = await until(lambda: _stopped(stack, job.id), 1.2,
+                             what="the attempt to stop within a second")
+    assert chunks[-1].kind == "delta"  # its `error` came after the cancel: refused
     count = len(chunks)
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(0.5)  # on purpose: nothing more is appended meanwhile
     assert len(await stack.chunks(job.id)) == count
     record = await stack.store.load(job.id)
     assert record is not None
     assert record.status == JobStatus.CANCELLED
     assert time.monotonic() - cancelled_at < 3
+
+
+ROUND_TRIP_SLACK_S = 0.3  # a cancel's stop may take a round trip or two past one check
+
+
+async def test_cancel_stops_a_running_stream_within_the_default_check(
+    redis_url: str, emulator: EmulatorServer, start_worker: Callable[..., Any]
+) -> None:
+    """A worker on the default `cancel_check_s` (and lease) stops a stream cancelled from
+    the producer API within one check plus a round trip, whatever the phase of its check:
+    seven streams are cancelled a third of a check apart (over more than the bound, so a
+    slower check cannot pass by a lucky phase), each timed on the Redis clock from just before
+    its cancel until its attempt ended (its message acked). Nothing reaches a stream after its
+    cancel: the chunk writes of a final job are refused, and a refused write stops the attempt
+    at its next chunk; a chunk every 2 s leaves the stop to the cancel check."""
+    defaults = {name: Settings.model_fields[name].default for name in ("cancel_check_s",
+                                                                       "lease_s")}
+    check_s = defaults["cancel_check_s"]
+    stack = Stack.create(redis_url, emulator.url, **defaults)
+    client = AsyncClient(stack.settings, celery=stack.celery)
+    try:
+        proxy = await stack.proxy()
+        start_worker(stack.settings, emulator.url)
+        with stack.emulator_settings(tpot_s=2.0, default_completion_tokens=100):  # ~200 s
+            jobs = [await client.chat(proxy, [{"role": "user", "content": f"long {i}"}],
+                                      stream=True) for i in range(7)]
+            for job in jobs:
+                await until(lambda job=job: stack.chunks(job.id), 10,
+                            what=f"job {job.id}'s first chunks")
+            cancelled_ms, stopped_ms = [], []
+            for job in jobs:
+                cancelled_ms.append(await _redis_ms(stack))
+                assert await job.cancel()
+                stopped_ms.append(asyncio.ensure_future(_stopped_at_ms(stack, job.id)))
+                await asyncio.sleep(check_s / 3)  # on purpose: the next meets another phase
+            ended_ms = await asyncio.gather(*stopped_ms)
+        stops_s = []
+        for job, at_ms, end_ms in zip(jobs, cancelled_ms, ended_ms, strict=True):
+            stops_s.append((end_ms - at_ms) / 1000)
+            last_id, _ = (await stack.store.read_chunks(job.id))[-1]
+            assert int(last_id.split("-")[0]) <= end_ms
+            assert await job.status() == JobStatus.CANCELLED
+        print(f"cancel_check_s={check_s}: streams stopped {stops_s} s after the cancel")
+        assert max(stops_s) <= check_s + ROUND_TRIP_SLACK_S, stops_s
+    finally:
+        await client.aclose()
+        await stack.close()
+
+
+async def _redis_ms(stack: Stack) -> int:
+    seconds, micros = await stack.redis.time()
+    return int(seconds) * 1000 + int(micros) // 1000
 
 
 async def test_duplicate_delivery_writes_one_final_state(stack: Stack) -> None:
@@ -233,7 +288,8 @@ async def test_duplicate_delivery_writes_one_final_state(stack: Stack) -> None:
     await asyncio.to_thread(publish, stack.celery, jobs * 3)  # every job delivered 4 times
     for job in jobs:
         assert (await stack.wait(job.id)).status == JobStatus.SUCCEEDED
-    await asyncio.sleep(1)
+    await until(lambda: _no_delivery_left(stack, [j.id for j in jobs]), 10,
+                what="the duplicate deliveries to be consumed")
     batch = await stack.store.batch("dup" + proxy[-8:])
     assert batch is not None
     assert batch.counts[JobStatus.SUCCEEDED] == 5
@@ -249,10 +305,12 @@ async def test_cancel_a_queued_batch(redis_url: str, emulator: EmulatorServer,
     stack = Stack.create(redis_url, emulator.url)
     try:
         proxy = await stack.proxy()
-        await stack.submit(JobKind.CHAT, proxy, {"messages": []}, batch_id="b1", count=20)
+        jobs = await stack.submit(JobKind.CHAT, proxy, {"messages": []}, batch_id="b1",
+                                  count=20)
         assert await cancel_batch(stack.store, "b1") == 20
         start_worker(stack.settings, emulator.url)  # starts after the cancel: skips all
-        await asyncio.sleep(2)
+        await until(lambda: _no_delivery_left(stack, [j.id for j in jobs]), 10,
+                    what="the worker to consume the cancelled jobs' messages")
         batch = await stack.store.batch("b1")
         assert batch is not None
         assert batch.counts[JobStatus.CANCELLED] == 20
@@ -260,6 +318,34 @@ async def test_cancel_a_queued_batch(redis_url: str, emulator: EmulatorServer,
         assert stack.emulator_stats()["by_proxy"].get(proxy) is None  # nothing was called
     finally:
         await stack.close()
+
+
+async def _gone(name: str, config: Config) -> bool:
+    try:
+        await ModelProxy.get_by_name_async(name, config=config)
+    except ResourceNotExistError:
+        return True
+    return False
+
+
+async def _stopped(stack: Stack, job_id: str) -> list[ChunkEntry] | None:
+    """The job's chunks once its attempt has ended (no delivery left: tasks ack late)."""
+    if not await _no_delivery_left(stack, [job_id]):
+        return None
+    return await stack.chunks(job_id)
+
+
+async def _stopped_at_ms(stack: Stack, job_id: str) -> int:
+    """When (Redis clock) the job's attempt was seen ended."""
+    await until(lambda: _no_delivery_left(stack, [job_id]), 10, 0.01,
+                what=f"job {job_id}'s attempt to stop")
+    return await _redis_ms(stack)
+
+
+async def _no_delivery_left(stack: Stack, job_ids: list[str]) -> bool:
+    """No message of these jobs is queued or held by a worker (tasks ack late)."""
+    messages = await stack.broker_messages()
+    return not any(job_id in messages for job_id in job_ids)
 
 
 def _json(data: str) -> Any:

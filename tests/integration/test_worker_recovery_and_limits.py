@@ -3,7 +3,6 @@ two workers, and beat refreshing the proxy cache (two beats at once)."""
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
 import time
@@ -13,11 +12,12 @@ from typing import Any
 
 import pytest
 from conftest import worker_env
+from polling import until
 from stack import Stack
 
-from modelproxy.emulator.server import EmulatorServer
-from modelproxy.emulator.settings import EmulatorSettings
-from worker.contract import JobKind, JobStatus
+from core.contract import JobKind, JobStatus
+from emulator.server import EmulatorServer
+from emulator.settings import EmulatorSettings
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -108,13 +108,20 @@ async def test_two_beats_keep_the_proxy_cache_fresh(
     beats = [beat(stack, tmp_path, f"beat{i}") for i in range(2)]
     try:
         keys = [f"{stack.settings.key_prefix}proxy:{name}" for name in names]
-        deadline = time.monotonic() + 30
-        while not all([await stack.redis.exists(key) for key in keys]):
-            assert time.monotonic() < deadline, "beat did not fill the proxy cache"
-            await asyncio.sleep(0.2)
-        first = float(await stack.redis.hget(keys[0], "fetched_at") or 0)
-        await asyncio.sleep(2.5)
-        assert float(await stack.redis.hget(keys[0], "fetched_at") or 0) > first
+
+        async def cached() -> bool:
+            return all([await stack.redis.exists(key) for key in keys])
+
+        async def fetched_at() -> float:
+            return float(await stack.redis.hget(keys[0], "fetched_at") or 0)
+
+        await until(cached, 30, 0.2, what="beat to fill the proxy cache")
+        first = await fetched_at()
+
+        async def refreshed() -> bool:
+            return await fetched_at() > first
+
+        await until(refreshed, 10, 0.2, what="a later beat refresh (every 1 s)")
         assert [await stack.redis.hget(key, "status") for key in keys] == ["READY"] * 3
     finally:
         for process in beats:

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from core.contract import PROXY_NAME_PATTERN, PROXY_NAME_RULE, JobKind, JobRecord, JobStatus
 from producer.batch_format import (
     CUSTOM_ID_MAX_CHARS,
     BatchLine,
@@ -20,12 +21,12 @@ from producer.batch_format import (
     output_line,
     parse_batch,
 )
-from worker.contract import JobKind, JobRecord, JobStatus
 
 CHAT_URL = "/v1/chat/completions"
 RESPONSES_URL = "/v1/responses"
 NO_PROXY = 'no proxy: pass --proxy or set "proxy" on the line'
 BOUNDED = settings(max_examples=200, deadline=None)
+proxy_names = st.from_regex(PROXY_NAME_PATTERN, fullmatch=True)
 
 
 def chat_line(custom_id: str = "a", **overrides: Any) -> dict[str, Any]:
@@ -85,6 +86,36 @@ def test_per_line_proxy_overrides_the_default_and_stands_alone():
     parsed = parse_batch(lines, None)
     assert [line.proxy for line in parsed.lines] == ["px"]
     assert [(e.line_no, e.custom_id, e.reason) for e in parsed.errors] == [(2, "b", NO_PROXY)]
+
+
+def test_a_bad_proxy_name_refuses_its_line_only():
+    lines = [dumps(chat_line("a", proxy="ok-1")), dumps(chat_line("b", proxy="x:y")),
+             dumps(chat_line("c")), dumps(chat_line("d", proxy="a*b?"))]
+    parsed = parse_batch(lines, "dflt_2")
+    assert [(line.line_no, line.proxy) for line in parsed.lines] == [(1, "ok-1"), (3, "dflt_2")]
+    assert [(e.line_no, e.custom_id, e.reason) for e in parsed.errors] == [
+        (2, "b", f'proxy name "x:y" is not valid: {PROXY_NAME_RULE}'),
+        (4, "d", f'proxy name "a*b?" is not valid: {PROXY_NAME_RULE}'),
+    ]
+    # A bad default refuses the lines that fall back on it, not those naming their own.
+    parsed = parse_batch(lines[:1] + lines[2:3], "bad name")
+    assert [line.line_no for line in parsed.lines] == [1]
+    assert [str(e) for e in parsed.errors] == [
+        f'line 2: proxy name "bad name" is not valid: {PROXY_NAME_RULE}'
+    ]
+
+
+@BOUNDED
+@given(st.text(min_size=1) | proxy_names)
+def test_a_line_proxy_is_taken_exactly_when_it_follows_the_rule(name):
+    parsed = parse_batch([dumps(chat_line("a", proxy=name))], None)
+    if PROXY_NAME_PATTERN.fullmatch(name):
+        assert [line.proxy for line in parsed.lines] == [name]
+    else:
+        [error] = parsed.errors
+        assert error.reason.startswith("proxy name ")
+        assert error.reason.endswith(f" is not valid: {PROXY_NAME_RULE}")
+        error.reason.encode("utf-8")  # storable, shown, whatever the name held
 
 
 def test_blank_lines_are_skipped_but_counted():
@@ -178,6 +209,14 @@ BAD_LINES = [
     ),
     (chat_line(proxy=""), "a", '"proxy" must be a non-empty string, not ""'),
     (chat_line(proxy=3), "a", '"proxy" must be a non-empty string, not 3'),
+    (chat_line(proxy="a:b"), "a", f'proxy name "a:b" is not valid: {PROXY_NAME_RULE}'),
+    (chat_line(proxy="p*"), "a", f'proxy name "p*" is not valid: {PROXY_NAME_RULE}'),
+    (chat_line(proxy="p?"), "a", f'proxy name "p?" is not valid: {PROXY_NAME_RULE}'),
+    (chat_line(proxy="my proxy"), "a", f'proxy name "my proxy" is not valid: {PROXY_NAME_RULE}'),
+    (chat_line(proxy="-p"), "a", f'proxy name "-p" is not valid: {PROXY_NAME_RULE}'),
+    (chat_line(proxy="p" * 65), "a", f'proxy name "{"p" * 64}…" is not valid: {PROXY_NAME_RULE}'),
+    (chat_line(proxy="\ud800"), "a", f'proxy name "\\ud800" is not valid: {PROXY_NAME_RULE}'),
+    (chat_line(proxy="\x1b[2J"), "a", f'proxy name "\\u001b[2J" is not valid: {PROXY_NAME_RULE}'),
     ({k: v for k, v in chat_line().items() if k != "body"}, "a", '"body" is missing'),
     (chat_line(body="hi"), "a", '"body" must be an object, not a string'),
     (chat_line(body={}), "a", '"body.messages" is missing'),
@@ -199,22 +238,46 @@ BAD_LINES = [
     (
         with_body(chat_line(), messages=[{"role": "user", "content": "x"}, {"content": "y"}]),
         "a",
-        '"body.messages[1].role" must be a string, not null',
+        '"body.messages[1].role" must be one of system, developer, user, assistant, tool, '
+        "function, not null",
+    ),
+    (
+        with_body(chat_line(), messages=[{"role": "narrator", "content": "y"}]),
+        "a",
+        '"body.messages[0].role" must be one of system, developer, user, assistant, tool, '
+        'function, not "narrator"',
+    ),
+    (
+        with_body(chat_line(), messages=[{"role": "user", "content": []}]),
+        "a",
+        '"body.messages[0].content" must be a string, a non-empty list of parts or null, '
+        "not an array",
+    ),
+    (
+        with_body(chat_line(), messages=[{"role": "user", "content": [{"type": "text"}]}]),
+        "a",
+        '"body.messages[0].content[0].text" must be a string',
+    ),
+    (
+        with_body(responses_line("a"), input=["just text"]),
+        "a",
+        '"body.input[0]" must be an object with a string "type" or "role", not "just text"',
     ),
     (
         with_body(chat_line(), messages=[{"role": "user", "content": None}]),
         "a",
-        '"body.messages[0].content" may be null only for an assistant message',
+        '"body.messages[0].content" may be null only for an assistant or function message',
     ),
     (
         with_body(chat_line(), messages=[{"role": "user"}]),
         "a",
-        '"body.messages[0].content" may be null only for an assistant message',
+        '"body.messages[0].content" may be null only for an assistant or function message',
     ),
     (
         with_body(chat_line(), messages=[{"role": "user", "content": 5}]),
         "a",
-        '"body.messages[0].content" must be a string, a list of parts or null, not a number',
+        '"body.messages[0].content" must be a string, a non-empty list of parts or null, '
+        "not 5",
     ),
     (
         with_body(chat_line(), messages=[{"role": "user", "content": ["hi"]}]),
@@ -455,10 +518,11 @@ json_values = st.recursive(
 messages = st.lists(
     st.fixed_dictionaries(
         {
-            "role": st.sampled_from(["system", "developer", "user", "assistant"]) | st.text(),
+            "role": st.sampled_from(["system", "developer", "user", "assistant"]),
             "content": st.text()
             | st.lists(
-                st.fixed_dictionaries({"type": st.just("text"), "text": st.text()}), max_size=3
+                st.fixed_dictionaries({"type": st.just("text"), "text": st.text()}),
+                min_size=1, max_size=3,
             ),
         }
     ),
@@ -479,7 +543,10 @@ knobs = st.fixed_dictionaries(
     },
 )
 chat_bodies = st.tuples(messages, knobs).map(lambda mk: {"messages": mk[0], **mk[1]})
-responses_inputs = st.text(min_size=1) | st.lists(json_values, min_size=1, max_size=3)
+input_items = st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant"]),
+                                     "content": st.text()}) | st.fixed_dictionaries(
+    {"type": st.just("message")}, optional={"content": json_values})
+responses_inputs = st.text(min_size=1) | st.lists(input_items, min_size=1, max_size=3)
 responses_bodies = st.tuples(responses_inputs, knobs).map(lambda ik: {"input": ik[0], **ik[1]})
 custom_ids = st.text(min_size=1, max_size=CUSTOM_ID_MAX_CHARS)
 
@@ -494,7 +561,7 @@ def valid_lines(draw: st.DrawFn, custom_id: str | None = None) -> dict[str, Any]
         "body": draw(chat_bodies if kind is JobKind.CHAT else responses_bodies),
     }
     if draw(st.booleans()):
-        line["proxy"] = draw(st.text(min_size=1))
+        line["proxy"] = draw(proxy_names)
     return line
 
 
@@ -550,7 +617,7 @@ def test_any_input_never_raises_and_every_line_lands_once(raw_lines, default_pro
 
 
 @BOUNDED
-@given(st.lists(valid_lines(), min_size=1, max_size=6), st.booleans(), st.text(min_size=1))
+@given(st.lists(valid_lines(), min_size=1, max_size=6), st.booleans(), proxy_names)
 def test_valid_lines_parse_and_keep_custom_id_kind_and_body(lines, as_bytes, default_proxy):
     unique = list({line["custom_id"]: line for line in lines}.values())
     raw = [json.dumps(line) + "\n" for line in unique]

@@ -24,8 +24,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner, Result
 
+from core.embedded_redis import redis_server
 from producer.cli import app
-from worker.embedded_redis import redis_server
 
 EXIT_CODES = frozenset({0, 1, 2, 3, 4})
 UNREACHABLE = "redis://127.0.0.1:1/0"
@@ -97,7 +97,7 @@ def prefix(redis_url: str) -> Iterator[str]:
 # ---- argument parsing -----------------------------------------------------------------------
 
 COMMANDS: dict[tuple[str, ...], list[str]] = {
-    ("chat",): ["--stream", "--no-stream", "--model", "--max-tokens", "--timeout"],
+    ("chat",): ["--stream", "--no-stream", "--model", "--max-tokens", "--timeout", "--raw"],
     ("batch", "submit"): ["--proxy", "--wait", "--strict", "--results"],
     ("batch", "status"): [],
     ("batch", "wait"): ["--timeout"],
@@ -105,6 +105,9 @@ COMMANDS: dict[tuple[str, ...], list[str]] = {
     ("batch", "errors"): ["--output", "-o"],
     ("batch", "cancel"): [],
     ("batch", "list"): ["--limit"],
+    ("job", "status"): ["--json"],
+    ("job", "cancel"): [],
+    ("job", "result"): ["--json", "--raw", "--timeout"],
     ("proxy", "create"): ["--model", "--service", "--description", "--tpm", "--concurrency",
                           "--file", "--wait", "--no-wait", "--timeout", "--json"],
     ("proxy", "get"): ["--timeout", "--json"],
@@ -114,7 +117,8 @@ COMMANDS: dict[tuple[str, ...], list[str]] = {
     ("proxy", "refresh"): ["--timeout"],
     ("worker",): ["--queues", "--slots", "--loglevel", "--name"],
     ("beat",): ["--loglevel"],
-    ("flower",): ["--address", "--port", "--user", "--password", "--no-auth", "--force-open"],
+    ("flower",): ["--address", "--port", "--user", "--password", "--password-file", "--no-auth",
+                  "--force-open", "--oauth-provider", "--oauth-emails"],
 }
 
 
@@ -150,6 +154,13 @@ def test_any_batch_id(redis_url: str, prefix: str, command: str, batch_id: str) 
     """An id with ':' (or empty, or not UTF-8) is bad input (2); any other is unknown (3)."""
     check(invoke(["batch", command, "--", batch_id], _env(redis_url, prefix)),
           frozenset({2, 3}))
+
+
+@BOUNDED
+@given(st.sampled_from(["status", "cancel", "result"]), args)
+def test_any_job_id(redis_url: str, prefix: str, command: str, job_id: str) -> None:
+    """An id with ':' (or empty, or not UTF-8) is bad input (2); any other is unknown (3)."""
+    check(invoke(["job", command, "--", job_id], _env(redis_url, prefix)), frozenset({2, 3}))
 
 
 # ---- input files ----------------------------------------------------------------------------

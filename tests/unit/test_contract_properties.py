@@ -1,4 +1,4 @@
-"""Properties of the job contract (`worker.contract`) and the key layout (`worker.keys`).
+"""Properties of the job contract (`core.contract`) and the key layout (`core.keys`).
 
 - Every valid `JobRecord`, `BatchRecord` (as the store writes it) and `ChunkEntry` comes back
   unchanged from its Redis hash, as text or as bytes (with or without `decode_responses`).
@@ -19,8 +19,10 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from worker.contract import (
+from core.contract import (
+    ALL_PROXIES,
     FINAL,
+    PROXY_NAME_PATTERN,
     BatchRecord,
     BatchStatus,
     ChunkEntry,
@@ -28,7 +30,7 @@ from worker.contract import (
     JobRecord,
     JobStatus,
 )
-from worker.keys import Keys
+from core.keys import Keys
 
 BOUNDED = settings(max_examples=200, deadline=None)
 RECORDS = settings(max_examples=100, deadline=None)  # records with nested JSON cost more
@@ -48,6 +50,7 @@ json_values = st.recursive(
     max_leaves=12,
 )
 json_objects = st.dictionaries(text, json_values, max_size=6)
+proxy_names = st.from_regex(PROXY_NAME_PATTERN, fullmatch=True)
 
 
 @st.composite
@@ -58,7 +61,7 @@ def job_fields(draw: st.DrawFn, strings: st.SearchStrategy[str] = text) -> dict[
     return dict(
         id=draw(strings.filter(bool)),
         kind=draw(st.sampled_from(JobKind)),
-        proxy=draw(strings),
+        proxy=draw(proxy_names),
         request=draw(json_objects),
         status=draw(st.sampled_from(JobStatus)),
         attempt=draw(st.integers(0, 2**40)),
@@ -126,6 +129,23 @@ def test_a_record_is_storable_or_refused(fields: dict[str, Any]) -> None:
         return
     for value in record.to_redis().values():
         value.encode("utf-8")
+
+
+@BOUNDED
+@given(st.sampled_from(JobKind), any_text | proxy_names | st.just(ALL_PROXIES))
+def test_a_new_record_needs_a_valid_proxy_name_a_stored_one_is_read(kind: JobKind,
+                                                                    proxy: str) -> None:
+    """The name rule holds when a job is made; a record stored before it stays readable."""
+    allowed = PROXY_NAME_PATTERN.fullmatch(proxy) or (
+        proxy == ALL_PROXIES and kind in {JobKind.MGMT_LIST, JobKind.MGMT_REFRESH})
+    if allowed:
+        JobRecord(kind=kind, proxy=proxy, request={})
+    else:
+        with pytest.raises(ValidationError, match=r"is not valid: use letters|surrogate"):
+            JobRecord(kind=kind, proxy=proxy, request={})
+    if not any(0xD800 <= ord(c) <= 0xDFFF for c in proxy):
+        raw = {**JobRecord(kind=kind, proxy="p", request={}).to_redis(), "proxy": proxy}
+        assert JobRecord.from_redis(raw).proxy == proxy
 
 
 REQUIRED = ("kind", "proxy", "request")
@@ -325,8 +345,9 @@ def _builders(keys: Keys) -> dict[str, Any]:
         "job": keys.job, "job_chunks": keys.job_chunks, "batch": keys.batch,
         "batch_jobs": keys.batch_jobs, "batch_events": keys.batch_events,
         "batch_invalid": keys.batch_invalid, "proxy": keys.proxy,
-        "proxy_cooldown": keys.proxy_cooldown, "lock": keys.lock,
-        "ratelimit": lambda value: keys.ratelimit(value, "limits"),
+        "lock": keys.lock, "reader_wake": keys.reader_wake,
+        "limiter": lambda value: keys.limiter(value)[0],
+        "broker_queue": keys.broker_queue,
     }
 
 
@@ -335,13 +356,6 @@ def _builders(keys: Keys) -> dict[str, Any]:
 def test_keys_refuse_empty_ids_and_colons(prefix: str, bad: str, builder: str) -> None:
     with pytest.raises(ValueError, match="no ':'"):
         _builders(Keys(prefix))[builder](bad)
-
-
-@BOUNDED
-@given(ids, bad_ids)
-def test_keys_refuse_a_bad_limit_kind(name: str, bad: str) -> None:
-    with pytest.raises(ValueError, match="no ':'"):
-        Keys().ratelimit(name, bad)
 
 
 @BOUNDED

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from modelproxy.emulator.policies import (
+from emulator.policies import (
     MIN_WAIT_S,
     OVERDUE_WAIT_S,
     Bucket,

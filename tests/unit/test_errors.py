@@ -87,3 +87,11 @@ def test_transport_errors_are_retryable_and_config_errors_are_not():
     assert not e.ConfigError("x").retryable
     assert isinstance(e.ConfigError("x"), ValueError)
     assert isinstance(e.WaitTimeoutError("x"), TimeoutError)
+
+
+def test_a_missing_proxy_is_a_404_that_names_it_and_is_not_retried():
+    err = e.ProxyNotFoundError("p-1", request_id="r1")
+    assert isinstance(err, e.ResourceNotExistError)
+    assert (err.name, err.status_code, err.request_id) == ("p-1", 404, "r1")
+    assert str(err) == 'proxy "p-1" does not exist'
+    assert not err.retryable

@@ -7,7 +7,7 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from worker.contract import (
+from core.contract import (
     FINAL,
     BatchRecord,
     BatchStatus,
@@ -17,7 +17,7 @@ from worker.contract import (
     JobStatus,
     new_id,
 )
-from worker.keys import Keys
+from core.keys import LIMITER_PARTS, Keys
 
 
 def test_keys_layout() -> None:
@@ -28,9 +28,17 @@ def test_keys_layout() -> None:
     assert keys.batch_jobs("b1") == "mpq:batch:b1:jobs"
     assert keys.batch_events("b1") == "mpq:batch:b1:events"
     assert keys.proxy("p1") == "mpq:proxy:p1"
-    assert keys.proxy_cooldown("p1") == "mpq:proxy:p1:cooldown"
-    assert keys.ratelimit("p1", "rpm") == "mpq:rl:p1:rpm"
+    assert keys.limiter("p1") == ("mpq:rl:p1:rpm", "mpq:rl:p1:tpm", "mpq:rl:p1:tps",
+                                  "mpq:rl:p1:tph", "mpq:rl:p1:tpd",
+                                  "mpq:rl:p1:leases", "mpq:rl:p1:cooldown")
     assert keys.lock("refresh") == "mpq:lock:refresh"
+    assert keys.metrics() == "mpq:metrics"
+    assert keys.broker_prefix() == "mpq:broker:"
+    assert keys.broker_queue("inference") == "mpq:broker:inference"
+    assert keys.broker_unacked() == "mpq:broker:unacked"
+    assert keys.open_jobs() == "mpq:jobs:open"
+    assert keys.cancels() == "mpq:jobs:cancels"
+    assert keys.reader_wake("r1") == "mpq:reader:r1:wake"
     assert keys.pattern() == "mpq:*"
 
 
@@ -51,7 +59,7 @@ def test_keys_reject_ids_that_could_name_other_keys(bad: str) -> None:
         with pytest.raises(ValueError, match="no ':'"):
             build(bad)
     with pytest.raises(ValueError, match="no ':'"):
-        keys.ratelimit("p", bad)
+        keys.limiter(bad)
 
 
 def test_status_final_set() -> None:
@@ -168,3 +176,23 @@ def test_chunk_round_trip(kind: str) -> None:
 def test_chunk_rejects_unknown_kind() -> None:
     with pytest.raises(ValidationError):
         ChunkEntry.model_validate({"attempt": 1, "seq": 0, "kind": "partial", "data": "1"})
+
+
+def test_the_layout_in_the_docstring_is_what_keys_builds() -> None:
+    """Every key the builders make is listed in the module's layout, and nothing else is."""
+    import core.keys  # its docstring is what is tested
+
+    keys = Keys("P:")
+    built = {
+        keys.job("{id}"), keys.job_chunks("{id}"), keys.batch("{id}"),
+        keys.batch_jobs("{id}"), keys.batch_events("{id}"), keys.batch_invalid("{id}"),
+        keys.batches(), keys.open_jobs(), keys.cancels(), keys.proxy("{name}"),
+        keys.reader_wake("{id}"), keys.lock("{name}"), keys.metrics(),
+        keys.broker_queue("{queue}"), keys.broker_unacked(), keys.broker_prefix() + "…",
+        *(key.replace(part, "{part}") for key, part in
+          zip(keys.limiter("{name}"), LIMITER_PARTS, strict=True)),
+    }
+    doc = core.keys.__doc__ or ""
+    listed = {"P:" + line.split()[1] for line in doc.splitlines()
+              if line.strip().startswith("P ")}
+    assert listed == built

@@ -7,19 +7,21 @@ from typing import Any
 
 import pytest
 
-from modelproxy.emulator.openai_wire import (
-    DONE_FRAME,
-    Reply,
-    WireError,
-    chat_completion,
-    chat_frames,
+from emulator.openai_errors import WireError
+from emulator.openai_requests import (
     parse_chat,
     parse_json,
     parse_responses,
     resolve_model,
+    served_models,
+)
+from emulator.openai_wire import (
+    DONE_FRAME,
+    Reply,
+    chat_completion,
+    chat_frames,
     response_frames,
     response_object,
-    served_models,
 )
 
 MESSAGES = [{"role": "user", "content": "hi there"}]
@@ -27,6 +29,10 @@ MESSAGES = [{"role": "user", "content": "hi there"}]
 
 def reply(include_usage: bool = False) -> Reply:
     return Reply("resp_abc", 1, "m", ["Hello", " world", "."], "stop", 2, include_usage)
+
+
+def cut_reply() -> Reply:
+    return Reply("resp_cut", 1, "m", ["Hello", " world"], "length", 2, False)
 
 
 def error_of(call: Any, *args: Any) -> WireError:
@@ -47,16 +53,33 @@ def test_body_must_be_a_json_object(raw: bytes) -> None:
         ({"messages": []}, "messages"),
         ({"messages": "hi"}, "messages"),
         ({"messages": ["hi"]}, "messages[0]"),
-        ({"messages": [{"content": "x"}]}, "messages[0]"),
+        ({"messages": [{"content": "x"}]}, "messages[0].role"),
+        ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
+        ({"messages": [{"role": "user"}]}, "messages[0].content"),
+        ({"messages": [{"role": "user", "content": None}]}, "messages[0].content"),
         ({"messages": [{"role": "user", "content": 3}]}, "messages[0].content"),
-        ({"messages": [{"role": "user", "content": ["x"]}]}, "messages[0].content"),
+        ({"messages": [{"role": "user", "content": []}]}, "messages[0].content"),
+        ({"messages": [{"role": "user", "content": ["x"]}]}, "messages[0].content[0]"),
+        ({"messages": [{"role": "user", "content": [{"text": "x"}]}]},
+         "messages[0].content[0].type"),
+        ({"messages": [{"role": "user", "content": [{"type": "text"}]}]},
+         "messages[0].content[0]"),
         ({"messages": MESSAGES, "model": 3}, "model"),
         ({"messages": MESSAGES, "stream": "yes"}, "stream"),
         ({"messages": MESSAGES, "max_tokens": 0}, "max_tokens"),
         ({"messages": MESSAGES, "max_tokens": True}, "max_tokens"),
         ({"messages": MESSAGES, "max_tokens": 1.5}, "max_tokens"),
+        ({"messages": MESSAGES, "max_tokens": 1e999}, "max_tokens"),
+        ({"messages": MESSAGES, "max_completion_tokens": "5"}, "max_completion_tokens"),
         ({"messages": MESSAGES, "stream_options": []}, "stream_options"),
-        ({"messages": MESSAGES, "stream_options": {"include_usage": 1}}, "include_usage"),
+        ({"messages": MESSAGES, "stream": True, "stream_options": {"include_usage": 1}},
+         "stream_options.include_usage"),
+        ({"messages": MESSAGES, "stream_options": {"include_usage": True}}, "stream_options"),
+        ({"messages": MESSAGES, "stream": False, "stream_options": {}}, "stream_options"),
+        ({"messages": MESSAGES, "n": 2}, "n"),
+        ({"messages": MESSAGES, "temperature": 2.5}, "temperature"),
+        ({"messages": MESSAGES, "temperature": True}, "temperature"),
+        ({"messages": MESSAGES, "top_p": -0.1}, "top_p"),
     ],
 )
 def test_bad_chat_bodies(body: dict[str, Any], param: str) -> None:
@@ -64,6 +87,55 @@ def test_bad_chat_bodies(body: dict[str, Any], param: str) -> None:
     assert error.status == 400
     assert error.param == param
     assert set(error.body()["error"]) == {"message", "type", "param", "code"}
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "message"),
+    [
+        ({}, "missing_required_parameter", "Missing required parameter: 'messages'."),
+        ({"messages": []}, "empty_array", "Invalid 'messages': empty array."),
+        ({"messages": [{"role": "user", "content": 3}]}, "invalid_type",
+         "Invalid type for 'messages[0].content': expected a string or an array of content"),
+        ({"messages": MESSAGES, "max_tokens": "3"}, "invalid_type",
+         "Invalid type for 'max_tokens': expected an integer."),
+        ({"messages": MESSAGES, "max_tokens": 0}, "integer_below_min_value",
+         "Expected a value >= 1, but got 0 instead."),
+        ({"messages": MESSAGES, "temperature": 2.5}, "decimal_above_max_value",
+         "Expected a value <= 2.0, but got 2.5 instead."),
+        ({"messages": [{"role": "robot", "content": "x"}]}, "invalid_value",
+         "Invalid value for 'messages[0].role': 'robot'. Supported values are: 'system',"),
+        ({"messages": [{"role": "tool"}]}, "missing_required_parameter",
+         "Missing required parameter: 'messages[0].content'."),
+        ({"messages": MESSAGES, "stream_options": {}}, "invalid_value",
+         "'stream_options' is only allowed when 'stream' is true"),
+    ],
+)
+def test_errors_are_worded_as_openai_words_them(
+    body: dict[str, Any], code: str, message: str
+) -> None:
+    error = error_of(parse_chat, body)
+    assert error.code == code
+    assert message in error.message
+    assert error.type == "invalid_request_error"
+
+
+def test_a_long_bad_value_is_cut_in_the_message() -> None:
+    error = error_of(parse_chat, {"messages": [{"role": "r" * 10_000, "content": "x"}]})
+    assert len(error.message) < 300
+
+
+def test_messages_that_may_omit_content() -> None:
+    calls = [{"role": "user", "content": "hi"},
+             {"role": "assistant", "content": None, "tool_calls": [{"id": "c1"}]},
+             {"role": "tool", "tool_call_id": "c1", "content": [{"type": "text", "text": "ok"}]},
+             {"role": "function", "name": "f", "content": None}]
+    assert parse_chat({"messages": calls, "n": 1, "temperature": 0}).prompt == "hi\nok"
+
+
+@pytest.mark.parametrize("raw", [b'{"messages": NaN}', b'{"x": Infinity}', b'{"x": -Infinity}'])
+def test_non_json_constants_are_refused(raw: bytes) -> None:
+    error = error_of(parse_json, raw)
+    assert (error.status, error.code) == (400, "invalid_json")
 
 
 def test_chat_request() -> None:
@@ -90,11 +162,30 @@ def test_chat_request() -> None:
 
 
 @pytest.mark.parametrize(
-    "body",
-    [{}, {"input": ""}, {"input": []}, {"input": 3}, {"input": [3]}, {"input": "x", "stream": 1}],
+    ("body", "param"),
+    [
+        ({}, "input"),
+        ({"input": ""}, "input"),
+        ({"input": []}, "input"),
+        ({"input": 3}, "input"),
+        ({"input": [3]}, "input[0]"),
+        ({"input": ["x"]}, "input[0]"),
+        ({"input": [{"content": "x"}]}, "input[0]"),
+        ({"input": [{"role": "tool", "content": "x"}]}, "input[0].role"),
+        ({"input": "x", "stream": 1}, "stream"),
+        ({"input": "x", "max_output_tokens": 0}, "max_output_tokens"),
+        ({"input": "x", "instructions": 3}, "instructions"),
+    ],
 )
-def test_bad_responses_bodies(body: dict[str, Any]) -> None:
-    assert error_of(parse_responses, body).status == 400
+def test_bad_responses_bodies(body: dict[str, Any], param: str) -> None:
+    error = error_of(parse_responses, body)
+    assert (error.status, error.param) == (400, param)
+
+
+def test_responses_input_items() -> None:
+    items = [{"role": "user", "content": [{"type": "input_text", "text": "one"}]},
+             {"type": "function_call_output", "call_id": "c1", "output": "two"}]
+    assert parse_responses({"input": items}).prompt == "one\ntwo"
 
 
 def test_responses_request() -> None:
@@ -229,3 +320,41 @@ def test_response_frames() -> None:
     done = next(e for e in events if e["type"] == "response.output_text.done")
     assert done["text"] == "Hello world."
     assert events[-1]["response"]["usage"]["total_tokens"] == 5
+
+
+def test_a_response_cut_by_max_output_tokens_is_incomplete() -> None:
+    body = response_object(cut_reply())
+    assert (body["status"], body["incomplete_details"]) == (
+        "incomplete", {"reason": "max_output_tokens"})
+    assert body["output"][0]["status"] == "incomplete"
+    assert body["usage"]["output_tokens"] == 2
+    events = [json.loads(f.data.decode().split("data: ", 1)[1])
+              for f in response_frames(cut_reply())]
+    assert events[-1]["type"] == "response.incomplete"
+    assert events[-1]["response"] == body
+    assert response_object(reply())["incomplete_details"] is None
+
+
+def test_chat_frames_of_a_cut_reply_say_length() -> None:
+    frames = list(chat_frames(cut_reply()))
+    assert data_of(frames[-2].data)["choices"][0]["finish_reason"] == "length"
+    assert chat_completion(cut_reply())["choices"][0]["finish_reason"] == "length"
+
+
+@pytest.mark.parametrize("frames_of", [chat_frames, response_frames])
+def test_a_long_reply_streams_one_frame_per_token(frames_of: Any) -> None:
+    pieces = [f" w{i}" for i in range(500)]
+    long = Reply("resp_long", 1, "m", pieces, "stop", 2, True)
+    tokens = [data_of(f.data) for f in frames_of(long) if f.kind == "token"]
+    texts = [t["delta"] if "delta" in t else t["choices"][0]["delta"]["content"] for t in tokens]
+    assert texts == pieces
+
+
+def test_token_chunks_have_the_chunk_shape() -> None:
+    """Token frames reuse one validated chunk: each must still be a whole, valid chunk."""
+    frames = [f for f in chat_frames(reply(include_usage=True)) if f.kind == "token"]
+    chunks = [data_of(f.data) for f in frames]
+    assert [c["choices"][0]["delta"] for c in chunks] == [
+        {"content": "Hello"}, {"content": " world"}, {"content": "."}]
+    assert all(set(c) == {"id", "object", "created", "model", "system_fingerprint", "usage",
+                          "choices"} for c in chunks)

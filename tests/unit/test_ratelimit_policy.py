@@ -1,4 +1,5 @@
-"""Policy maths of the rate limiter: merge, token estimate, GCRA parameters."""
+"""Policy maths of the rate limiter: merge, token estimate, GCRA parameters. (Reading a
+proxy's declared policies: test_declared_limits.py.)"""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from core.keys import LIMITER_PARTS
 from worker.ratelimit.policy import (
     DEFAULT_BURST_RATIO,
     DEFAULT_COMPLETION_TOKENS,
+    Buckets,
     Gcra,
     Limits,
     buckets,
@@ -34,6 +37,10 @@ NONE = Limits()
             Limits(tokens_per_minute=5000, max_concurrency=4),
             Limits(requests_per_minute=100, tokens_per_minute=5000, max_concurrency=4),
         ),
+        (Limits(tokens_per_hour=10), Limits(tokens_per_day=5), Limits(tokens_per_hour=10,
+                                                                      tokens_per_day=5)),
+        (Limits(tokens_per_day=500), Limits(tokens_per_day=90_000, tokens_per_hour=7),
+         Limits(tokens_per_day=500, tokens_per_hour=7)),
     ],
 )
 def test_merge_limits_stricter_non_none_wins(
@@ -43,7 +50,7 @@ def test_merge_limits_stricter_non_none_wins(
     assert merge_limits(declared, settings) == expected
 
 
-@pytest.mark.parametrize("field", ["requests_per_minute", "max_concurrency"])
+@pytest.mark.parametrize("field", ["requests_per_minute", "tokens_per_day", "max_concurrency"])
 @pytest.mark.parametrize("value", [0, -1])
 def test_limits_reject_non_positive(field: str, value: int) -> None:
     with pytest.raises(ValidationError):
@@ -115,6 +122,18 @@ def test_buckets_map_each_limit_to_its_period() -> None:
     assert b.rpm == Gcra(interval_ms=1000.0, burst=max(1.0, 60 * DEFAULT_BURST_RATIO))
     assert b.tpm is None
     assert b.tps == Gcra(interval_ms=10.0, burst=max(1.0, 100 * DEFAULT_BURST_RATIO))
+    assert b.tph is None
+    assert b.tpd is None
+    b = buckets(Limits(tokens_per_hour=7200, tokens_per_day=864_000), burst_ratio=0.5)
+    assert b.tph == Gcra(interval_ms=500.0, burst=3600.0)
+    assert b.tpd == Gcra(interval_ms=100.0, burst=432_000.0)
+    assert b.tokens() == (None, None, b.tph, b.tpd)
+
+
+def test_buckets_are_in_the_order_of_the_limiter_keys() -> None:
+    """The script takes each bucket's arguments in the order of its KEYS."""
+    assert Buckets._fields == LIMITER_PARTS[: len(Buckets._fields)]
+    assert LIMITER_PARTS[len(Buckets._fields):] == ("leases", "cooldown")
 
 
 @pytest.mark.parametrize("ratio", [0.0, -0.5, 1.5])

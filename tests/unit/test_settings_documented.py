@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.settings import Settings
+from core.settings import Settings
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from modelproxy.auth import Acs3Auth, AgentrunRamAuth, ApiKeyAuth
+from modelproxy.config import Config
+from modelproxy.control import COLLECTION_PATH, proxy_path
+from modelproxy.data import DataAPI
 from modelproxy.signing import (
     acs3_headers,
     sign_acs3,
@@ -20,14 +27,10 @@ from modelproxy.signing import (
     verify_acs3,
     verify_agentrun4,
 )
-from modelproxy.signing.acs3 import EMPTY_SHA256, canonical_query
+from modelproxy.signing.acs3 import EMPTY_SHA256, canonical_path, canonical_query
 
-CAPTURES = (
-    Path(__file__).resolve().parents[2].parent
-    / "shared"
-    / "spec"
-    / "captured-official-sdk-requests.jsonl"
-)
+# Create, List, Get and Delete exactly as the official AgentRun SDK (0.0.54) sent them.
+CAPTURES = Path(__file__).resolve().parents[1] / "fixtures" / "captured-official-sdk-requests.jsonl"
 CAPTURE_AK = "AKIDEXAMPLE"
 CAPTURE_SECRETS = {CAPTURE_AK: "secret-example"}
 
@@ -162,8 +165,6 @@ def test_agentrun4_host_falls_back_to_url() -> None:
 
 
 def _load_captures() -> list[dict[str, Any]]:
-    if not CAPTURES.is_file():
-        pytest.skip(f"captured requests not found at {CAPTURES} (CI keeps ../shared beside repo)")
     return [json.loads(line) for line in CAPTURES.read_text().splitlines() if line.strip()]
 
 
@@ -469,3 +470,62 @@ def test_auth_reprs_redact_secrets() -> None:
         assert "k-123" not in text
         assert AK not in text
         assert "redacted" in text
+
+
+# --------------------------------------------------------------------------------------------
+# Paths: signer and verifier build the canonical path with one function, so a name signs the
+# same however the path escaped it on the way (clients, proxies and ASGI servers differ).
+
+RESERVED = "!*'();:@&=+$,/?#[]% "
+SUB_DELIMS = "!$&'()*+,;=:@"  # RFC 3986 allows these unescaped in a path segment
+path_names = st.text(st.sampled_from(RESERVED) | st.characters(codec="utf-8"),
+                     min_size=1, max_size=24)
+
+
+def _lower_hex(text: str) -> str:
+    return re.sub(r"%[0-9A-F]{2}", lambda m: m.group().lower(), text)
+
+
+# How a server may receive the segment our client escaped with quote(name, safe="").
+RECEIVED: dict[str, Callable[[str], str]] = {
+    "as sent": lambda name: quote(name, safe=""),
+    "sub-delims unescaped": lambda name: quote(name, safe=SUB_DELIMS),
+    "lower-case hex": lambda name: _lower_hex(quote(name, safe="")),
+}
+PATHS = settings(max_examples=200, deadline=None)
+DATA_ENDPOINT = "https://123-ram.agentrun-data.cn-hangzhou.aliyuncs.com"
+
+
+def _acs3_signed_get(path: str) -> dict[str, str]:
+    headers = acs3_headers("GetModelProxy", b"", "agentrun.cn-hangzhou.aliyuncs.com")
+    headers["Authorization"] = sign_acs3("GET", path, headers, b"", AK, SK)
+    return headers
+
+
+@PATHS
+@given(name=path_names, received=st.sampled_from(sorted(RECEIVED)))
+def test_acs3_signature_survives_any_escaping_of_the_name(name: str, received: str) -> None:
+    headers = _acs3_signed_get(proxy_path(name))  # the path our control client sends
+    arrived = f"{COLLECTION_PATH}/{RECEIVED[received](name)}"
+    assert verify_acs3("GET", arrived, headers, b"", {AK: SK})
+    assert not verify_acs3("GET", f"{arrived}x", headers, b"", {AK: SK})
+
+
+@PATHS
+@given(name=path_names, received=st.sampled_from(sorted(RECEIVED)))
+def test_agentrun4_signature_survives_any_escaping_of_the_name(name: str, received: str) -> None:
+    sent = DataAPI(name, Config(data_endpoint=DATA_ENDPOINT)).base_url() + "/chat/completions"
+    headers = {"host": httpx.URL(sent).netloc.decode(), "content-type": "application/json"}
+    headers |= sign_agentrun4("POST", sent, headers, AK, SK, V_REGION, V_TIME)
+    arrived = f"{DATA_ENDPOINT}/models/{RECEIVED[received](name)}/v1/chat/completions"
+    assert verify_agentrun4("POST", arrived, headers, {AK: SK}, V_REGION, now=V_TIME)
+    other = arrived.replace("/v1/", "/v2/")
+    assert not verify_agentrun4("POST", other, headers, {AK: SK}, V_REGION, now=V_TIME)
+
+
+def test_an_escaped_slash_is_not_a_separator() -> None:
+    headers = _acs3_signed_get(proxy_path("a/b"))
+    assert proxy_path("a/b").endswith("/a%2Fb")
+    assert not verify_acs3("GET", f"{COLLECTION_PATH}/a/b", headers, b"", {AK: SK})
+    assert canonical_path("/x/a%2fb/") == "/x/a%2Fb/"
+    assert canonical_path("") == "/"

@@ -1,11 +1,13 @@
-"""The synthetic model: tokenizer rule, determinism, lengths and finish reasons."""
+"""The synthetic model: tokenizer rule, determinism, lengths (varying or fixed, up to long
+replies) and finish reasons."""
 
 from __future__ import annotations
 
 import pytest
 
-from modelproxy.emulator.synthetic import (
+from emulator.synthetic import (
     DEFAULT_NATURAL_MAX,
+    MAX_REPLY_TOKENS,
     complete,
     count_tokens,
     generate,
@@ -110,3 +112,59 @@ def test_cached_reply_is_not_shared_mutably() -> None:
     first = generate("z", None, 0)
     first.append("!")
     assert generate("z", None, 0) == first[:-1]
+
+
+# -- a fixed reply length (long replies) --------------------------------------------------------
+
+
+@pytest.mark.parametrize("length", [1, 2, 16, 257, 500, 5_000])
+def test_a_fixed_length_is_the_reply_length(length: int) -> None:
+    for index in range(5):
+        answer = complete(f"p{index}", None, 0, length=length)
+        assert len(answer.pieces) == length
+        assert answer.finish_reason == "stop"
+        assert count_tokens("".join(answer.pieces)) == length
+
+
+def test_a_fixed_length_overrides_natural_max() -> None:
+    assert len(generate("x", None, 0, natural_max=4, length=300)) == 300
+
+
+@pytest.mark.parametrize("length", [100, 500])
+def test_a_long_reply_is_deterministic(length: int) -> None:
+    assert generate("long", None, 3, length=length) == generate("long", None, 3, length=length)
+    assert generate("long", None, 3, length=length) != generate("long", None, 4, length=length)
+
+
+@pytest.mark.parametrize("length", [200, 500])  # cached whole, and made only as far as needed
+def test_max_tokens_cuts_a_long_reply_to_a_prefix(length: int) -> None:
+    full = complete("essay", None, 0, length=length)
+    for cap in (1, 17, length - 1):
+        cut = complete("essay", cap, 0, length=length)
+        assert cut.pieces == full.pieces[:cap]
+        assert cut.finish_reason == "length"
+    assert complete("essay", length, 0, length=length) == full
+    assert complete("essay", length + 1, 0, length=length) == full
+
+
+def test_a_long_reply_looks_like_sentences() -> None:
+    text = "".join(generate("essay", None, 0, length=2_000))
+    assert text[0].isupper()
+    assert text.endswith(".")
+    sentences = [s.strip() for s in text.split(".") if s.strip()]
+    assert len(sentences) > 10
+    assert all(s[0].isupper() for s in sentences)
+
+
+def test_the_length_is_capped() -> None:
+    assert len(generate("x", None, 0, length=MAX_REPLY_TOKENS + 5)) == MAX_REPLY_TOKENS
+    assert len(generate("x", None, 0, natural_max=MAX_REPLY_TOKENS * 2)) <= MAX_REPLY_TOKENS
+    assert len(generate("x", None, 0, length=0)) == 1
+
+
+def test_replies_are_pinned() -> None:
+    """The same input gives the same reply across versions, and a fixed length equal to the
+    varying one drawn gives that same reply (the length is drawn first either way)."""
+    pinned = "Limits blue stone queue retry at pace usage quick window.."
+    assert "".join(generate("abc", None, 0)) == pinned
+    assert "".join(generate("abc", None, 0, length=12)) == pinned

@@ -1,7 +1,7 @@
 """Cluster-wide rate limiting of proxy calls: policy maths (``policy``) and the Redis
 shell over one Lua script (``limiter``)."""
 
-from worker.ratelimit.limiter import DEFAULT_POLL_MS, Permit, RateLimiter, Wait, limiter_keys
+from worker.ratelimit.limiter import DEFAULT_POLL_MS, Permit, RateLimiter, Wait
 from worker.ratelimit.policy import (
     DEFAULT_BURST_RATIO,
     DEFAULT_COMPLETION_TOKENS,
@@ -19,6 +19,5 @@ __all__ = [
     "RateLimiter",
     "Wait",
     "estimate_tokens",
-    "limiter_keys",
     "merge_limits",
 ]

@@ -4,8 +4,8 @@ Every decision is one atomic script call on Redis, timed by Redis ``TIME``, so a
 processes on all machines share one set of buckets, one lease semaphore and one cool-down.
 The numbers the script works with (GCRA interval and burst) come from ``policy``.
 
-Sub-keys are ``key_base + ":rpm"`` and so on. On Redis Cluster all five must share a hash
-slot, so put a hash tag in the key base there (``"mpq:rl:{myproxy}"``).
+A proxy's keys come from ``Keys.limiter`` (their order is the script's KEYS). On Redis
+Cluster they must share a hash slot: a hash tag in the proxy's part of the key.
 """
 
 from __future__ import annotations
@@ -14,12 +14,15 @@ import asyncio
 import random
 import time
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.typing import EncodableT
 
-from worker.ratelimit.policy import DEFAULT_BURST_RATIO, Gcra, Limits, buckets
+from core.keys import LIMITER_PARTS, LimiterKeys
+from worker.ratelimit.policy import DEFAULT_BURST_RATIO, Buckets, Gcra, Limits, buckets
 
 # A full semaphore is re-polled this often at most: a release can come at any time.
 DEFAULT_POLL_MS = 50
@@ -29,13 +32,12 @@ _JITTER_FRACTION = 0.1
 _JITTER_MIN_S = 0.005
 
 _SCRIPT_TEXT = Path(__file__).with_name("limiter.lua").read_text(encoding="utf-8")
-# Order matters: it is the KEYS layout of limiter.lua.
-_KEY_SUFFIXES = ("rpm", "tpm", "tps", "leases", "cooldown")
 
 
 @dataclass(frozen=True, slots=True)
 class Permit:
-    """Admitted; release the lease when the call ends (it expires on its own otherwise)."""
+    """Admitted; renew the lease while the call runs and release it when the call ends (it
+    expires on its own otherwise)."""
 
     lease_id: str
 
@@ -48,10 +50,6 @@ class Wait:
     reason: str
 
 
-def limiter_keys(key_base: str) -> list[str]:
-    return [f"{key_base}:{suffix}" for suffix in _KEY_SUFFIXES]
-
-
 def _interval_ms(bucket: Gcra | None) -> float:
     return 0.0 if bucket is None else bucket.interval_ms  # 0 tells the script "no limit"
 
@@ -60,13 +58,25 @@ def _burst(bucket: Gcra | None) -> float:
     return 0.0 if bucket is None else bucket.burst
 
 
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+def _reconcile_args(b: Buckets, delta_tokens: int) -> list[EncodableT] | None:
+    """The script's reconcile arguments, or None when there is nothing to settle."""
+    tokens = b.tokens()
+    if delta_tokens == 0 or all(bucket is None for bucket in tokens):
+        return None
+    return ["reconcile", delta_tokens, *(_interval_ms(bucket) for bucket in tokens)]
+
+
 def _text(value: bytes | str) -> str:
     # The caller's client may or may not decode responses.
     return value.decode() if isinstance(value, bytes) else value
 
 
 class RateLimiter:
-    """Shared limits for proxies, keyed by a per-proxy ``key_base``."""
+    """Shared limits for proxies, each with its own keys (``Keys.limiter``)."""
 
     def __init__(
         self,
@@ -82,7 +92,7 @@ class RateLimiter:
         buckets(Limits(), burst_ratio)  # fail here, not on the first call, if the ratio is bad
 
     async def acquire(
-        self, key_base: str, limits: Limits, cost_tokens: int, lease_id: str, lease_ttl_s: float
+        self, keys: LimiterKeys, limits: Limits, cost_tokens: int, lease_id: str, lease_ttl_s: float
     ) -> Permit | Wait:
         """One attempt: admit now (recording the cost and the lease) or say how long to wait."""
         if lease_ttl_s <= 0:
@@ -90,61 +100,71 @@ class RateLimiter:
         b = buckets(limits, self._burst_ratio)
         args: list[EncodableT] = [
             "acquire", self._poll_ms, max(cost_tokens, 0),
-            lease_id, max(1, round(lease_ttl_s * 1000)), limits.max_concurrency or 0,
-            _interval_ms(b.rpm), _burst(b.rpm),
-            _interval_ms(b.tpm), _burst(b.tpm),
-            _interval_ms(b.tps), _burst(b.tps),
+            lease_id, _ms(lease_ttl_s), limits.max_concurrency or 0,
+            *chain.from_iterable((_interval_ms(bucket), _burst(bucket)) for bucket in b),
         ]  # fmt: skip
-        admitted, wait_ms, reason = await self._script(keys=limiter_keys(key_base), args=args)
+        admitted, wait_ms, reason = await self._script(keys=keys, args=args)
         if admitted:
             return Permit(lease_id)
         return Wait(wait_s=int(wait_ms) / 1000, reason=_text(reason))
 
-    async def release(self, key_base: str, lease_id: str) -> bool:
+    async def release(self, keys: LimiterKeys, lease_id: str) -> bool:
         """Free a concurrency slot; False if the lease had already expired or was released."""
-        held = await self._script(keys=limiter_keys(key_base), args=["release", lease_id])
+        held = await self._script(keys=keys, args=["release", lease_id])
         return bool(held)
 
-    async def reconcile(self, key_base: str, limits: Limits, delta_tokens: int) -> None:
+    async def renew(self, keys: LimiterKeys, lease_id: str, lease_ttl_s: float) -> bool:
+        """Extend a lease to ``lease_ttl_s`` from now; False if it is gone (released, or
+        expired and reaped by an acquire)."""
+        held = await self._script(keys=keys, args=self._renew_args(lease_id, lease_ttl_s))
+        return bool(held)
+
+    async def queue_renew(
+        self, pipe: Pipeline, keys: LimiterKeys, lease_id: str, lease_ttl_s: float
+    ) -> None:
+        """``renew`` as one command queued on ``pipe``; its reply is the pipeline's (1 or 0)."""
+        await self._script(keys=keys, args=self._renew_args(lease_id, lease_ttl_s), client=pipe)
+
+    @staticmethod
+    def _renew_args(lease_id: str, lease_ttl_s: float) -> list[EncodableT]:
+        if lease_ttl_s <= 0:
+            raise ValueError(f"lease_ttl_s must be positive, got {lease_ttl_s}")
+        return ["renew", lease_id, _ms(lease_ttl_s)]
+
+    async def reconcile(self, keys: LimiterKeys, limits: Limits, delta_tokens: int) -> None:
         """Settle actual - estimated tokens on the token buckets (negative gives back)."""
-        b = buckets(limits, self._burst_ratio)
-        if delta_tokens == 0 or (b.tpm is None and b.tps is None):
-            return
-        intervals_ms = [_interval_ms(b.tpm), _interval_ms(b.tps)]
-        args: list[EncodableT] = ["reconcile", delta_tokens, *intervals_ms]
-        await self._script(keys=limiter_keys(key_base), args=args)
+        args = _reconcile_args(buckets(limits, self._burst_ratio), delta_tokens)
+        if args is not None:
+            await self._script(keys=keys, args=args)
 
     async def settle(
-        self, key_base: str, lease_id: str, limits: Limits, delta_tokens: int
+        self, keys: LimiterKeys, lease_id: str, limits: Limits, delta_tokens: int
     ) -> None:
         """After a call: free its concurrency slot and reconcile its tokens, in one round
         trip."""
-        b = buckets(limits, self._burst_ratio)
+        reconcile = _reconcile_args(buckets(limits, self._burst_ratio), delta_tokens)
         async with self._redis.pipeline(transaction=False) as pipe:
-            await self._script(keys=limiter_keys(key_base), args=["release", lease_id],
-                               client=pipe)
-            if delta_tokens != 0 and (b.tpm is not None or b.tps is not None):
-                intervals_ms = [_interval_ms(b.tpm), _interval_ms(b.tps)]
-                args: list[EncodableT] = ["reconcile", delta_tokens, *intervals_ms]
-                await self._script(keys=limiter_keys(key_base), args=args, client=pipe)
+            await self._script(keys=keys, args=["release", lease_id], client=pipe)
+            if reconcile is not None:
+                await self._script(keys=keys, args=reconcile, client=pipe)
             await pipe.execute()
 
-    async def start_cooldown(self, key_base: str, seconds: float) -> float:
+    async def start_cooldown(self, keys: LimiterKeys, seconds: float) -> float:
         """Make every worker wait ``seconds`` (e.g. a 429's Retry-After); returns remaining_s.
 
         An existing longer cool-down is kept.
         """
         args: list[EncodableT] = ["cooldown", max(0, round(seconds * 1000))]
-        remaining_ms = await self._script(keys=limiter_keys(key_base), args=args)
+        remaining_ms = await self._script(keys=keys, args=args)
         return int(remaining_ms) / 1000
 
-    async def cooldown_remaining_s(self, key_base: str) -> float:
-        remaining_ms = await self._redis.pttl(limiter_keys(key_base)[4])
+    async def cooldown_remaining_s(self, keys: LimiterKeys) -> float:
+        remaining_ms = await self._redis.pttl(keys[LIMITER_PARTS.index("cooldown")])
         return max(int(remaining_ms), 0) / 1000  # -2 (no key) means none
 
     async def wait_for_permit(  # noqa: PLR0917 - mirrors acquire() plus the deadline
         self,
-        key_base: str,
+        keys: LimiterKeys,
         limits: Limits,
         cost_tokens: int,
         lease_id: str,
@@ -158,7 +178,7 @@ class RateLimiter:
         """
         deadline = time.monotonic() + max_wait_s
         while True:
-            result = await self.acquire(key_base, limits, cost_tokens, lease_id, lease_ttl_s)
+            result = await self.acquire(keys, limits, cost_tokens, lease_id, lease_ttl_s)
             if isinstance(result, Permit):
                 return result
             remaining_s = deadline - time.monotonic()

@@ -1,8 +1,9 @@
 """Rate-limit policy: what the limits are and how big a request is. Pure, no I/O.
 
-The Lua script (``limiter.lua``) only runs GCRA with the numbers computed here; the choice
-of burst size, the merge of settings with a proxy's declared policies and the token
-estimate all live in this module so they can be tested with tables.
+The Lua script (``limiter.lua``) only runs GCRA with the numbers computed here; the reading
+of a proxy's declared policies, the choice of burst size, the merge of settings with the
+declared limits and the token estimate all live in this module so they can be tested with
+tables.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, PositiveInt
+
+from modelproxy.models import ProxyConfigPolicies, ProxyConfigTokenRateLimiter
 
 # A completion allowance for requests that do not cap their output; big enough for a
 # typical chat answer, and reconcile() returns what was not used.
@@ -40,7 +43,16 @@ class Limits(BaseModel):
     requests_per_minute: PositiveInt | None = None
     tokens_per_minute: PositiveInt | None = None
     tokens_per_second: PositiveInt | None = None
+    tokens_per_hour: PositiveInt | None = None
+    tokens_per_day: PositiveInt | None = None
     max_concurrency: PositiveInt | None = None
+
+
+def _positive_int(value: object) -> int | None:
+    # bool is an int subclass; a JSON `true` is not a count.
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return None
 
 
 def _stricter(a: int | None, b: int | None) -> int | None:
@@ -53,11 +65,31 @@ def _stricter(a: int | None, b: int | None) -> int | None:
 
 def merge_limits(settings: Limits, declared: Limits) -> Limits:
     """Combine our settings with the proxy's declared policies: the stricter value wins."""
+    return Limits(**{
+        name: _stricter(getattr(settings, name), getattr(declared, name))
+        for name in Limits.model_fields
+    })
+
+
+def declared_limits(policies: ProxyConfigPolicies | None) -> Limits:
+    """The limits a proxy's ``policies`` declare; zero, missing or not a number means none.
+
+    ``tokenRateLimiter`` (tps/tpm/tph/tpd) and ``concurrencyLimit`` are the service's;
+    ``requestRateLimiter.rpm`` is the emulator's extension, which the client keeps as an
+    extra field under its wire name.
+    """
+    if policies is None:
+        return Limits()
+    tokens = policies.token_rate_limiter or ProxyConfigTokenRateLimiter()
+    requests = (policies.model_extra or {}).get("requestRateLimiter")
+    rpm = requests.get("rpm") if isinstance(requests, Mapping) else None
     return Limits(
-        requests_per_minute=_stricter(settings.requests_per_minute, declared.requests_per_minute),
-        tokens_per_minute=_stricter(settings.tokens_per_minute, declared.tokens_per_minute),
-        tokens_per_second=_stricter(settings.tokens_per_second, declared.tokens_per_second),
-        max_concurrency=_stricter(settings.max_concurrency, declared.max_concurrency),
+        requests_per_minute=_positive_int(rpm),
+        tokens_per_second=_positive_int(tokens.tps),
+        tokens_per_minute=_positive_int(tokens.tpm),
+        tokens_per_hour=_positive_int(tokens.tph),
+        tokens_per_day=_positive_int(tokens.tpd),
+        max_concurrency=_positive_int(policies.concurrency_limit),
     )
 
 
@@ -70,13 +102,6 @@ def _text_chars(value: object) -> int:
     if isinstance(value, Iterable) and not isinstance(value, bytes | bytearray):
         return sum(_text_chars(v) for v in value)
     return 0
-
-
-def _positive_int(value: object) -> int | None:
-    # bool is an int subclass; a JSON `true` is not a token count.
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    return None
 
 
 def _completion_tokens(request: Mapping[str, Any]) -> int:
@@ -108,11 +133,18 @@ class Gcra(NamedTuple):
 
 
 class Buckets(NamedTuple):
-    """The three GCRA buckets of a proxy; ``None`` where that limit is not set."""
+    """The GCRA buckets of a proxy, in the order of their keys (``LIMITER_PARTS``) and of
+    the script's arguments; ``None`` where that limit is not set."""
 
     rpm: Gcra | None
     tpm: Gcra | None
     tps: Gcra | None
+    tph: Gcra | None
+    tpd: Gcra | None
+
+    def tokens(self) -> tuple[Gcra | None, ...]:
+        """The token buckets (every bucket but ``rpm``), in order."""
+        return self[1:]
 
 
 def gcra(limit: int | None, period_s: float, burst_ratio: float) -> Gcra | None:
@@ -129,4 +161,6 @@ def buckets(limits: Limits, burst_ratio: float = DEFAULT_BURST_RATIO) -> Buckets
         rpm=gcra(limits.requests_per_minute, 60, burst_ratio),
         tpm=gcra(limits.tokens_per_minute, 60, burst_ratio),
         tps=gcra(limits.tokens_per_second, 1, burst_ratio),
+        tph=gcra(limits.tokens_per_hour, 3600, burst_ratio),
+        tpd=gcra(limits.tokens_per_day, 86400, burst_ratio),
     )

@@ -1,0 +1,117 @@
+"""Every Redis key mpq uses, built in one place.
+
+Layout (``P`` is the prefix, ``mpq:`` by default)::
+
+    P job:{id}              hash    the job record
+    P job:{id}:chunks       stream  streamed output, one entry per chunk
+    P batch:{id}            hash    counts per status, batch status
+    P batch:{id}:jobs       list    job ids in input order
+    P batch:{id}:events     stream  one entry per finished job
+    P batch:{id}:invalid    list    input lines refused at submission
+    P batches               zset    batch ids by creation time
+    P jobs:open             zset    jobs not final yet, by when last seen waiting
+    P jobs:cancels          string  bumped by every cancel
+    P proxy:{name}          hash    cached proxy state
+    P rl:{name}:{part}      any     rate-limiter state (buckets, leases, cool-down)
+    P reader:{id}:wake      stream  wakes one stream reader's blocking read
+    P lock:{name}           string  distributed locks
+    P metrics               hash    counters for the metrics exporter
+    P broker:{queue}        list    Celery's Redis broker: a queue's messages
+    P broker:unacked        hash    Celery's Redis broker: messages taken, not acked yet
+    P broker:…              any     the rest of the broker's keys (kombu names them)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# A proxy's rate-limiter keys in the order limiter.lua takes them (its KEYS).
+LIMITER_PARTS = ("rpm", "tpm", "tps", "tph", "tpd", "leases", "cooldown")
+LimiterKeys = tuple[str, ...]
+
+# Ids and names are joined with ':'; one containing ':' could name another key
+# (job "x:chunks" would be the chunk stream of job "x").
+_SEPARATOR = ":"
+
+
+def _part(value: str, what: str) -> str:
+    if not value or _SEPARATOR in value:
+        raise ValueError(f"{what} must be non-empty and contain no ':' (got {value!r})")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Builds the Redis keys under one prefix."""
+
+    prefix: str = "mpq:"
+
+    def __post_init__(self) -> None:
+        if not self.prefix.endswith(_SEPARATOR):
+            raise ValueError(f"key prefix must end with ':' (got {self.prefix!r})")
+
+    def pattern(self) -> str:
+        """SCAN pattern matching every key under this prefix."""
+        return f"{self.prefix}*"
+
+    def job(self, job_id: str) -> str:
+        return f"{self.prefix}job:{_part(job_id, 'job id')}"
+
+    def job_chunks(self, job_id: str) -> str:
+        return f"{self.job(job_id)}:chunks"
+
+    def batch(self, batch_id: str) -> str:
+        return f"{self.prefix}batch:{_part(batch_id, 'batch id')}"
+
+    def batch_jobs(self, batch_id: str) -> str:
+        return f"{self.batch(batch_id)}:jobs"
+
+    def batch_events(self, batch_id: str) -> str:
+        return f"{self.batch(batch_id)}:events"
+
+    def batch_invalid(self, batch_id: str) -> str:
+        """Input lines refused at submission, kept for the batch's errors file."""
+        return f"{self.batch(batch_id)}:invalid"
+
+    def batches(self) -> str:
+        """Index of batches by creation time (a sorted set)."""
+        return f"{self.prefix}batches"
+
+    def proxy(self, name: str) -> str:
+        return f"{self.prefix}proxy:{_part(name, 'proxy name')}"
+
+    def limiter(self, name: str) -> LimiterKeys:
+        """A proxy's rate-limiter state, in the order of ``LIMITER_PARTS``."""
+        base = f"{self.prefix}rl:{_part(name, 'proxy name')}"
+        return tuple(f"{base}:{part}" for part in LIMITER_PARTS)
+
+    def open_jobs(self) -> str:
+        """Jobs not final yet, scored by when they were last seen waiting (ms)."""
+        return f"{self.prefix}jobs:open"
+
+    def cancels(self) -> str:
+        """A counter bumped by every cancel: running attempts look for theirs when it moves."""
+        return f"{self.prefix}jobs:cancels"
+
+    def reader_wake(self, reader_id: str) -> str:
+        """A stream reader's private wake-up stream (producer/stream_reader.py)."""
+        return f"{self.prefix}reader:{_part(reader_id, 'reader id')}:wake"
+
+    def lock(self, name: str) -> str:
+        return f"{self.prefix}lock:{_part(name, 'lock name')}"
+
+    def metrics(self) -> str:
+        """The hash of counters the workers add to and the exporter reads."""
+        return f"{self.prefix}metrics"
+
+    def broker_prefix(self) -> str:
+        """kombu's ``global_keyprefix``: every key of the Redis broker starts with it."""
+        return f"{self.prefix}broker:"
+
+    def broker_queue(self, queue: str) -> str:
+        """A broker queue's list of messages (priority 0, the only one we use)."""
+        return f"{self.broker_prefix()}{_part(queue, 'queue name')}"
+
+    def broker_unacked(self) -> str:
+        """The broker's hash of messages delivered but not acked yet."""
+        return f"{self.broker_prefix()}unacked"
