@@ -131,6 +131,15 @@ class Settings(BaseSettings):
     )
     metrics_port: int = Field(default=9640, ge=0, le=65535, description="Exporter port.")
 
+    def environment(self) -> dict[str, str]:
+        """The variables that give another process these settings, secrets in clear: for a
+        child's environment, never for a screen or a log."""
+        env: dict[str, str] = {}
+        for name, value in self.model_dump(exclude_none=True).items():
+            shown = value.get_secret_value() if isinstance(value, SecretStr) else value
+            env[f"MPQ_{name.upper()}"] = str(shown)
+        return env
+
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         """As pydantic's, with the URLs' user-info masked: settings end up in logs."""
         for name, value in super().__repr_args__():

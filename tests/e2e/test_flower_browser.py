@@ -202,8 +202,7 @@ async def batch(emulator: EmulatorServer,
         settings = Settings(redis_url=url, key_prefix=f"mpqe2e-{uuid.uuid4().hex[:6]}:",
                             flower_user=USER, flower_password=PASSWORD, **FAST)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MPQ_", "AGENTRUN_"))}
-        env.update({f"MPQ_{k.upper()}": str(v)
-                    for k, v in settings.model_dump(exclude_none=True).items()})
+        env.update(settings.environment())
         env.update(AGENTRUN_CONTROL_ENDPOINT=emulator.url, AGENTRUN_DATA_ENDPOINT=emulator.url)
         processes = Processes(tmp_path_factory.mktemp("flower-browser"), env)
         client = redis_client(url)

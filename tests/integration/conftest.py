@@ -15,7 +15,6 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 from polling import wait_until
-from pydantic import SecretStr
 
 from core.contract import JobKind, JobRecord
 from core.embedded_redis import redis_server
@@ -143,9 +142,7 @@ def worker_env(settings: Settings, modelproxy_url: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("MPQ_", "AGENTRUN_", "ALIBABA_CLOUD_"))}
     env.pop("REDIS_URL", None)
-    for name, value in settings.model_dump(exclude_none=True).items():
-        shown = value.get_secret_value() if isinstance(value, SecretStr) else value
-        env[f"MPQ_{name.upper()}"] = str(shown)
+    env.update(settings.environment())
     env["AGENTRUN_CONTROL_ENDPOINT"] = modelproxy_url
     env["AGENTRUN_DATA_ENDPOINT"] = modelproxy_url
     return env

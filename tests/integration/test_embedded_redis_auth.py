@@ -89,3 +89,12 @@ def test_settings_show_no_password(server: EmbeddedRedis) -> None:
     for shown in (repr(settings), str(settings), f"{settings!r}"):
         assert password not in shown
         assert "***" in shown
+
+
+def test_settings_hand_their_secrets_to_a_child_in_clear(server: EmbeddedRedis) -> None:
+    settings = Settings(redis_url=server.url, flower_password="fpw-1",
+                        modelproxy_api_key="key-2")
+    env = settings.environment()
+    assert env["MPQ_REDIS_URL"] == server.url
+    assert (env["MPQ_FLOWER_PASSWORD"], env["MPQ_MODELPROXY_API_KEY"]) == ("fpw-1", "key-2")
+    assert Settings(**{k[4:].lower(): v for k, v in env.items()}) == settings
