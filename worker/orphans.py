@@ -34,15 +34,12 @@ worker put back at the consuming end in another order than they were published.
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import logging
 import math
 import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from celery import Celery
@@ -50,6 +47,7 @@ from pydantic import ValidationError
 
 from core.contract import FINAL, JobKind, JobRecord
 from core.dispatch import QUEUES, publish, queue_for
+from core.internals.kombu_messages import read_queued
 from core.store import PUBLISHED_MS
 from worker.runtime import Runtime
 
@@ -180,14 +178,11 @@ async def _horizons(rt: Runtime, broker: Broker, grace_ms: float) -> dict[str, f
 def _read_message(text: str) -> tuple[str | None, float]:
     """The job a queued message is for (its task's argument) and its ETA in ms
     (-inf without one); (None, -inf) for a message that is not a job's."""
-    try:
-        envelope = json.loads(text)
-        args = json.loads(base64.b64decode(envelope["body"]))[0]
-        eta = envelope["headers"].get("eta")
-        eta_ms = datetime.fromisoformat(eta).timestamp() * 1000 if eta else _UNKNOWN
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+    queued = read_queued(text)
+    if queued is None:
         return None, _UNKNOWN
-    job_id = args[0] if args and isinstance(args[0], str) else None
+    eta_ms = queued.eta.timestamp() * 1000 if queued.eta else _UNKNOWN
+    job_id = queued.args[0] if queued.args and isinstance(queued.args[0], str) else None
     return (job_id if job_id and _JOB_ID.fullmatch(job_id) else None), eta_ms
 
 

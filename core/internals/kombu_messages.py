@@ -24,8 +24,11 @@ signals with receivers.
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from celery import Celery, signals
@@ -145,6 +148,27 @@ def kombu_envelope(channel: Any, body: Any, *, serializer: str, headers: dict[st
     channel._inplace_augment_message(message, exchange, routing_key)
     text: str = json_dumps(message)
     return text
+
+
+@dataclass(frozen=True)
+class QueuedTask:
+    """What a message waiting in a Redis queue says: its task's positional args, and the
+    ETA of a countdown (None without one)."""
+
+    args: list[Any]
+    eta: datetime | None
+
+
+def read_queued(text: str) -> QueuedTask | None:
+    """Read a message as the Redis channel stores it (JSON envelope, base64 JSON body of
+    `[args, kwargs, embed]`, `eta` among the headers); None for anything else."""
+    try:
+        envelope = json.loads(text)
+        args = json.loads(base64.b64decode(envelope["body"]))[0]
+        eta = envelope["headers"].get("eta")
+        return QueuedTask(list(args), datetime.fromisoformat(eta) if eta else None)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+        return None
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ import json
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from stack import Stack
 from core import dispatch
 from core.contract import JobKind, JobRecord, JobStatus
 from core.dispatch import INFERENCE_QUEUE, MANAGEMENT_QUEUE, TASK_NAMES, enqueue, job_summary
+from core.internals.kombu_messages import read_queued
 from emulator.server import EmulatorServer
 from emulator.settings import EmulatorSettings
 
@@ -161,6 +163,10 @@ async def test_pipelined_and_send_task_messages_are_the_same(
 
     by_send_task, pipelined = queued(stack, INFERENCE_QUEUE)
     assert decoded(stack, pipelined)[0][0] == [fast.id]
+    # What the orphan sweep reads from a queued message, as kombu's channel would.
+    for envelope, job in ((pipelined, fast), (by_send_task, slow)):
+        read = read_queued(json.dumps(envelope))
+        assert read is not None and (read.args, read.eta) == ([job.id], None)
     assert pipelined["headers"]["argsrepr"] == job_summary(fast)
     assert comparable(stack, pipelined, fast.id) == comparable(stack, by_send_task, slow.id)
 
@@ -198,3 +204,16 @@ async def test_rabbitmq_broker_uses_send_task(
         await wait_all(stack, records)
     finally:
         await stack.close()
+
+
+def test_a_countdown_message_is_read_with_its_eta(stack: Stack) -> None:
+    """A retry's message (send_task with a countdown, as `self.retry` sends it) names its
+    job and its ETA: the orphan sweep's floor for requeued messages."""
+    eta = datetime.now(UTC) + timedelta(seconds=7)
+    stack.celery.send_task(dispatch.TASK_NAMES[JobKind.CHAT], args=["f" * 32], eta=eta)
+    [message] = queued(stack, INFERENCE_QUEUE)
+    read = read_queued(json.dumps(message))
+    assert read is not None and read.args == ["f" * 32]
+    assert read.eta is not None and abs((read.eta - eta).total_seconds()) < 0.001
+    assert read_queued("not a message") is None
+    assert read_queued(json.dumps({"body": "e30=", "headers": {}})) is None
