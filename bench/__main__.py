@@ -12,8 +12,9 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from bench import enqueue, inflight, ratelimit, streaming, throughput
+from bench import embeddings, enqueue, inflight, ratelimit, streaming, throughput
 from bench.harness import arguments
+from core.embeddings import FLOAT32_BYTES
 
 INFO = "info"
 
@@ -32,11 +33,16 @@ def verdict(ok: bool) -> str:
     return "pass" if ok else "FAIL"
 
 
+def limit_rule(r: dict[str, Any]) -> str:
+    """The limit of `throughput` and `embeddings`, with its parts."""
+    return (f"{r['limit']:.0f}/s = min(slots/latency {r['slot_limit']:.0f}, emulator "
+            f"{r['emulator_capacity']:.0f}, Celery no-op {r['celery_noop_rate']:.0f})")
+
+
 def throughput_rows(r: dict[str, Any]) -> list[Row]:
     run, big = r["run"], r["big"]
     name = f"throughput: {run['jobs']} jobs, {run['slots']} slots, {run['latency_s']:g} s"
-    limit = (f"{r['limit']:.0f}/s = min(slots/latency {r['slot_limit']:.0f}, emulator "
-             f"{r['emulator_capacity']:.0f}, Celery no-op {r['celery_noop_rate']:.0f})")
+    limit = limit_rule(r)
     big_name = f"throughput: {big['slots']} slots, {big['latency_s']:g} s"
     return [
         Row(name, f"{run['rate']:.0f} jobs/s", limit, f"{r['ratio']:.2f}",
@@ -52,6 +58,30 @@ def throughput_rows(r: dict[str, Any]) -> list[Row]:
         Row(f"{big_name}: worker peak RSS", f"{big['peak_rss_mb']:.0f} MB",
             f"{big['rate']:.0f} of {big['slots'] / big['latency_s']:.0f} jobs/s",
             f"{big['rate'] * big['latency_s'] / big['slots']:.2f}", "", INFO),
+    ]
+
+
+def embeddings_rows(r: dict[str, Any]) -> list[Row]:
+    run = r["run"]
+    name = (f"embeddings: {run['jobs']} jobs of 1-{embeddings.INPUTS_MAX} inputs, "
+            f"{run['slots']} slots, {run['latency_s']:g} s")
+    raw = f"{run['dimensions'] * FLOAT32_BYTES} B raw float32"
+    stored = f"embeddings: Redis bytes a vector, {run['sampled']} jobs"
+    target = embeddings.TARGET_BYTES_RATIO
+    return [
+        Row(name, f"{run['rate']:.0f} jobs/s", limit_rule(r), f"{r['ratio']:.2f}", "", INFO),
+        Row(f"embeddings: {run['vectors']} vectors of {run['dimensions']} dimensions",
+            f"{run['vector_rate']:.0f} vectors/s",
+            f"{r['vector_limit']:.0f}/s ({run['vectors'] / run['jobs']:.1f} a job)",
+            f"{run['vector_rate'] / r['vector_limit']:.2f}", "", INFO),
+        Row("embeddings: worker CPU per job", f"{run['cpu_ms_per_job']:.2f} ms",
+            f"{1000 / run['cpu_ms_per_job']:.0f} jobs/s per core", "", "", INFO),
+        Row(f"{stored}: mean", f"{run['bytes_per_vector_mean']:.0f} B", raw,
+            f"{run['bytes_ratio_mean']:.3f}", f"<= {target}",
+            verdict(run["bytes_ratio_mean"] <= target)),
+        Row(f"{stored}: max ({run['max_at_vectors']} a job)",
+            f"{run['bytes_per_vector_max']:.0f} B", raw, f"{run['bytes_ratio_max']:.3f}", "",
+            INFO),
     ]
 
 
@@ -127,6 +157,8 @@ BENCHES: dict[str, Bench] = {
                   streaming_rows),
     "inflight": (lambda a: inflight.results(), inflight.report, inflight_rows),
     "enqueue": (lambda a: enqueue.results(a.enqueue_repeat), enqueue.report, enqueue_rows),
+    "embeddings": (lambda a: embeddings.measure(a.embeddings_jobs), embeddings.report,
+                   embeddings_rows),
 }
 
 
@@ -148,6 +180,7 @@ def main() -> int:
     parser.add_argument("--streaming-rounds", type=int, default=streaming.DEFAULT_ROUNDS)
     parser.add_argument("--enqueue-repeat", type=int, default=1,
                         help="best of this many runs (the benchmark alone: 3)")
+    parser.add_argument("--embeddings-jobs", type=int, default=embeddings.DEFAULT_JOBS)
     args = parser.parse_args()
     rows: list[Row] = []
     started = time.monotonic()

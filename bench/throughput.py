@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -102,17 +102,24 @@ def peak_rss_mb(pid: int) -> float:
 # -- the limits -----------------------------------------------------------------------
 
 
-async def emulator_capacity(url: str, proxy: str, concurrency: int, requests: int) -> float:
+CHAT_BODY: dict[str, Any] = {
+    "model": MODEL, "messages": [{"role": "user", "content": "Summarise item 1."}]}
+
+
+async def emulator_capacity(url: str, proxy: str, concurrency: int, requests: int,
+                            path: str = "/v1/chat/completions",
+                            bodies: Sequence[dict[str, Any]] = (CHAT_BODY,)) -> float:
     """Requests/s of the emulator (latency 0) for a direct client with `concurrency` in
-    flight; connections are opened by a first round that is not timed."""
+    flight, posting `bodies` in turn to `path` (a chat request by default); connections are
+    opened by a first round that is not timed."""
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "Summarise item 1."}]}
-    endpoint = f"{url}/models/{proxy}/v1/chat/completions"
+    endpoint = f"{url}/models/{proxy}{path}"
     async with httpx.AsyncClient(transport=AiohttpTransport(limits=limits),
                                  timeout=60) as client:
 
         async def worker(todo: Iterator[int]) -> None:
-            for _ in todo:
+            for i in todo:
+                body = bodies[i % len(bodies)]
                 (await client.post(endpoint, json=body)).raise_for_status()
 
         warm = iter(range(concurrency))

@@ -27,6 +27,7 @@ _STORED: dict[str, bool] = {"stored": True}
 class JobKind(StrEnum):
     CHAT = "chat"
     RESPONSES = "responses"
+    EMBEDDINGS = "embeddings"
     MGMT_CREATE = "mgmt_create"
     MGMT_UPDATE = "mgmt_update"
     MGMT_DELETE = "mgmt_delete"

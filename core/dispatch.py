@@ -18,6 +18,7 @@ from typing import Any
 from celery import Celery
 
 from core.contract import JobKind, JobRecord
+from core.embeddings import input_count
 from core.internals.kombu_messages import Outgoing, direct_routes, write_pipelined
 from core.store import JobStore
 
@@ -28,6 +29,7 @@ QUEUES = (INFERENCE_QUEUE, MANAGEMENT_QUEUE)  # the first is Celery's default qu
 TASK_NAMES: dict[JobKind, str] = {
     JobKind.CHAT: "mpq.inference.chat",
     JobKind.RESPONSES: "mpq.inference.responses",
+    JobKind.EMBEDDINGS: "mpq.inference.embeddings",
     JobKind.MGMT_CREATE: "mpq.management.create",
     JobKind.MGMT_UPDATE: "mpq.management.update",
     JobKind.MGMT_DELETE: "mpq.management.delete",
@@ -59,8 +61,9 @@ def task_routes() -> dict[str, dict[str, str]]:
 
 
 def job_summary(record: JobRecord) -> str:
-    """custom_id, proxy, model, batch and job id — never the prompt or a secret. The short,
-    telling parts come first: Flower's args column shows only the start."""
+    """custom_id, proxy, model, inputs (embeddings), batch and job id — never the prompt or
+    a secret. The short, telling parts come first: Flower's args column shows only the
+    start."""
     parts = []
     if record.custom_id:
         parts.append(f"custom_id={record.custom_id[:SUMMARY_TEXT_MAX]}")
@@ -68,6 +71,8 @@ def job_summary(record: JobRecord) -> str:
     model = record.request.get("model")
     if isinstance(model, str) and model:
         parts.append(f"model={model[:SUMMARY_TEXT_MAX]}")
+    if record.kind == JobKind.EMBEDDINGS:
+        parts.append(f"inputs={input_count(record.request.get('input'))}")
     if record.batch_id:
         parts.append(f"batch={record.batch_id}")
     parts.append(f"job={record.id}")

@@ -4,6 +4,7 @@ Layout (``P`` is the prefix, ``mpq:`` by default)::
 
     P job:{id}              hash    the job record
     P job:{id}:chunks       stream  streamed output, one entry per chunk
+    P job:{id}:vectors      hash    an embeddings job's vectors: raw float32, in pieces
     P batch:{id}            hash    counts per status, batch status
     P batch:{id}:jobs       list    job ids in input order
     P batch:{id}:events     stream  one entry per finished job
@@ -59,6 +60,11 @@ class Keys:
 
     def job_chunks(self, job_id: str) -> str:
         return f"{self.job(job_id)}:chunks"
+
+    def job_vectors(self, job_id: str) -> str:
+        """An embeddings job's vectors as bytes (core/embeddings.py), kept as long as its
+        record."""
+        return f"{self.job(job_id)}:vectors"
 
     def batch(self, batch_id: str) -> str:
         return f"{self.prefix}batch:{_part(batch_id, 'batch id')}"

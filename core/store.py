@@ -22,6 +22,7 @@ from typing import Any, Literal, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
+from redis.client import NEVER_DECODE
 from redis.typing import EncodableT, FieldT, KeyT, StreamIdT
 
 from core.contract import (
@@ -33,6 +34,7 @@ from core.contract import (
     JobStatus,
     decode_hash,
 )
+from core.internals.alloc_fit import split
 from core.keys import Keys
 
 _LUA_DIR = Path(__file__).with_name("lua")
@@ -98,6 +100,16 @@ def _streams_reply(reply: Any) -> dict[str, StreamEntries]:
         by_key[_text(key)] = [(_text(entry_id), decode_hash(fields))
                               for entry_id, fields in entries]
     return by_key
+
+
+def _joined(pieces: Any) -> bytes | None:
+    """The bytes of a hash of pieces "0", "1", … (RESP2 list or RESP3 dict), or None."""
+    if not pieces:
+        return None
+    items = pieces.items() if isinstance(pieces, dict) else zip(pieces[::2], pieces[1::2],
+                                                                 strict=True)
+    ordered = sorted((int(index), piece) for index, piece in items)
+    return b"".join(piece for _, piece in ordered)
 
 
 def _stream_entries(reply: Any) -> StreamEntries:
@@ -173,6 +185,17 @@ class JobStore:
     async def load(self, job_id: str) -> JobRecord | None:
         raw = await self._redis.hgetall(self.keys.job(job_id))
         return JobRecord.from_redis(raw) if raw else None
+
+    async def load_vectors(self, job_ids: Sequence[str]) -> list[bytes | None]:
+        """The stored vectors of embeddings jobs, as bytes (None where a job has none), in
+        one round trip."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                # Raw float32: never decoded as text, whatever the client does with replies.
+                pipe.execute_command("HGETALL", self.keys.job_vectors(job_id),
+                                     **{NEVER_DECODE: True})
+            replies = await pipe.execute()
+        return [_joined(reply) for reply in replies]
 
     async def open_batch(self, batch_id: str, name: str | None, invalid: Sequence[str]) -> None:
         """Register a batch before its jobs: its name, the input lines refused (JSON
@@ -313,15 +336,18 @@ class JobStore:
         error: str | None = None,
         usage: dict[str, Any] | None = None,
         last_chunk: ChunkEntry | None = None,
+        vectors: bytes = b"",
     ) -> bool:
         """Write the final state; True only for the one call that wrote it. `last_chunk`
-        (a stream's `done`) goes to the job's chunk stream in the same step, and only then."""
+        (a stream's `done`) goes to the job's chunk stream in the same step, and only then;
+        so do an embeddings job's `vectors` (raw bytes) to their own key, in pieces that
+        fill the server's allocations (core/internals/alloc_fit.py)."""
         if status not in FINAL:
             raise ValueError(f"finish needs a final status, not {status!r}")
         fields = {"result": _json(result), "error": error, "usage": _json(usage)}
         entry = _pairs(last_chunk.to_redis()) if last_chunk else []
         return await self._finish_job(job_id, str(attempt), status, error, fields,
-                                      entry=entry)
+                                      entry=entry, vectors=vectors)
 
     async def cancel(self, job_id: str) -> bool:
         """Make the job ``cancelled`` unless it is final already; any attempt."""
@@ -356,11 +382,14 @@ class JobStore:
         fields: Mapping[str, str | None],
         *,
         entry: Sequence[str] = (),
+        vectors: bytes = b"",
     ) -> bool:
-        keys = [self.keys.job(job_id), self.keys.job_chunks(job_id), self.keys.open_jobs()]
+        keys = [self.keys.job(job_id), self.keys.job_chunks(job_id), self.keys.open_jobs(),
+                self.keys.job_vectors(job_id)]
         args: list[EncodableT] = [job_id, attempt, status.value, time.time(), self.retention_s]
+        pieces = split(vectors)
         args += [*self._batch_templates, _json(error) or "", len(entry), *entry,
-                 *_pairs(fields)]
+                 len(pieces), *pieces, *_pairs(fields)]
         return bool(await self._finish(keys=keys, args=args))
 
     # -- streams ----------------------------------------------------------------

@@ -23,7 +23,7 @@ from emulator.api_errors import (
 from emulator.auth import require_admin_auth
 from emulator.control_routes import require_proxy
 from emulator.deps import StoreDep
-from emulator.settings import EmulatorSettings, Faults, ReplyLength
+from emulator.settings import Dimensions, EmulatorSettings, Faults, ReplyLength
 from emulator.stats import Stats, StatsSnapshot, stats_of
 from emulator.synthetic import MAX_REPLY_TOKENS
 
@@ -52,6 +52,8 @@ class SettingsPatch(BaseModel):
     tpot_s: float | None = Field(default=None, ge=0)
     default_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_REPLY_TOKENS)
     reply_tokens: int | None = Field(default=None, ge=1, le=MAX_REPLY_TOKENS)
+    embedding_dimensions: dict[str, Dimensions] | None = None
+    default_embedding_dimensions: Dimensions | None = None
     faults: Faults | None = None
     seed: int | None = None
 

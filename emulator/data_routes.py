@@ -1,4 +1,5 @@
-"""The data plane: `POST /models/{name}/v1/chat/completions` and `.../v1/responses`.
+"""The data plane: `POST /models/{name}/v1/chat/completions`, `.../v1/responses` and
+`.../v1/embeddings`.
 
 Order of checks, as a gateway answers: auth (dependency), 404 unknown proxy, 409 proxy not
 READY, 400 bad body or model, injected error faults, 429 from the proxy's policies, then the
@@ -6,13 +7,17 @@ synthetic model's answer, paced by `ttft_s` (before the first token) and `tpot_s
 each later token), whole or as SSE with one frame per token. Its length is the proxy's or the
 emulator's `reply_tokens` when set (else short and varying), cut by the request's max tokens.
 A runaway fault (`emulator.faults`) sends it padded, endless or dripping instead.
+
+Embeddings take the same path, with no stream: their prompt tokens count against the token
+limits, they hold a concurrency slot for `ttft_s` (one forward pass), and their vectors are
+`settings.dimensions_of(model)` long unless the request asks for fewer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -22,6 +27,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from emulator.auth import require_data_auth
+from emulator.embeddings import input_tokens, unit_vector
 from emulator.faults import (
     FaultPlan,
     FaultSource,
@@ -32,8 +38,23 @@ from emulator.faults import (
 )
 from emulator.openai_errors import WireError
 from emulator.openai_models import OpenAIError
-from emulator.openai_requests import InferenceRequest, parse_json, resolve_model
-from emulator.openai_wire import CHAT_API, RESPONSES_API, Api, Frame, Reply, json_bytes, new_reply
+from emulator.openai_requests import (
+    InferenceRequest,
+    output_dimensions,
+    parse_embeddings,
+    parse_json,
+    resolve_model,
+)
+from emulator.openai_wire import (
+    CHAT_API,
+    RESPONSES_API,
+    Api,
+    Frame,
+    Reply,
+    embedding_list,
+    json_bytes,
+    new_reply,
+)
 from emulator.policies import Lease, PolicyRegistry, Rejection, retry_after_headers
 from emulator.settings import EmulatorSettings
 from emulator.state import ProxyRecord, ProxyStore
@@ -88,35 +109,53 @@ def data_plane(request: Request) -> DataPlane:
 
 @router.post("/models/{name}/v1/chat/completions", dependencies=[Depends(require_data_auth)])
 async def chat_completions(name: str, request: Request) -> Response:
-    return await _serve(request, name, CHAT_API)
+    return await _serve(request, name, partial(_answer, request, name, CHAT_API))
 
 
 @router.post("/models/{name}/v1/responses", dependencies=[Depends(require_data_auth)])
 async def responses(name: str, request: Request) -> Response:
-    return await _serve(request, name, RESPONSES_API)
+    return await _serve(request, name, partial(_answer, request, name, RESPONSES_API))
 
 
-async def _serve(request: Request, name: str, api: Api) -> Response:
+@router.post(
+    "/models/{name}/v1/embeddings",
+    dependencies=[Depends(require_data_auth)],
+    responses={200: {"description": "The embeddings", "content": {"application/json": {}}}},
+)
+async def embeddings(name: str, request: Request) -> Response:
+    return await _serve(request, name, partial(_embed, request, name))
+
+
+async def _serve(
+    request: Request, name: str, answer: Callable[[], Awaitable[Response]]
+) -> Response:
     try:
-        response = await _answer(request, name, api)
+        response = await answer()
     except WireError as error:
         response = Response(json_bytes(error.body()), error.status, error.headers, JSON)
     record_data_request(request, name, response.status_code)
     return response
 
 
+async def _ready_body(request: Request, name: str) -> tuple[ProxyRecord, dict[str, Any]]:
+    """The READY proxy addressed and the request's JSON body."""
+    record = _ready_record(request.app.state.store, name)
+    _check_content_type(request.headers.get("content-type"))
+    return record, parse_json(await request.body())
+
+
 async def _answer(request: Request, name: str, api: Api) -> Response:
     store: ProxyStore = request.app.state.store
-    record = _ready_record(store, name)
-    _check_content_type(request.headers.get("content-type"))
-    wanted = api.parse(parse_json(await request.body()))
+    record, body = await _ready_body(request, name)
+    wanted = api.parse(body)
     model = resolve_model(wanted.model, name, record.wire)
     settings = store.settings
     plane = data_plane(request)
     plan = plane.faults.decide(store.faults_for(record), settings.seed, wanted.stream)
     _raise_injected_error(request, plan)
     reply = _reply(api, wanted, model, settings, store.reply_tokens_for(record))
-    flight = _InFlight(_admit(plane, record, reply, _expected_s(reply, settings, plan)))
+    expected_s = _expected_s(reply, settings, plan)
+    flight = _InFlight(_admit(plane, record, reply.prompt_tokens, expected_s))
     try:
         await _sleep(plan.slow_s)
         if wanted.stream:
@@ -129,7 +168,34 @@ async def _answer(request: Request, name: str, api: Api) -> Response:
         flight.close()
         raise
     flight.close()
-    body = json_bytes(api.body(reply))
+    return _json_answer(json_bytes(api.body(reply)), plan)
+
+
+async def _embed(request: Request, name: str) -> Response:
+    store: ProxyStore = request.app.state.store
+    record, body = await _ready_body(request, name)
+    wanted = parse_embeddings(body)
+    model = resolve_model(wanted.model, name, record.wire)
+    settings = store.settings
+    dimensions = output_dimensions(wanted.dimensions, model, settings.dimensions_of(model))
+    plane = data_plane(request)
+    plan = plane.faults.decide(store.faults_for(record), settings.seed, False)
+    _raise_injected_error(request, plan)
+    items = wanted.items
+    prompt_tokens = sum(input_tokens(item) for item in items)
+    delay_s = plan.slow_s + settings.ttft_s
+    flight = _InFlight(_admit(plane, record, prompt_tokens, delay_s))
+    try:
+        await _sleep(delay_s)
+    finally:  # also when cancelled because the client left
+        flight.close()
+    vectors = [unit_vector(model, item, dimensions) for item in items]
+    answer = embedding_list(model, vectors, wanted.encoding_format, prompt_tokens)
+    return _json_answer(json_bytes(answer), plan)
+
+
+def _json_answer(body: bytes, plan: FaultPlan) -> Response:
+    """A non-streamed answer, as it is or as the plan's runaway fault sends it."""
     runaway = runaway_body(body, plan)
     if runaway is not None:
         return StreamingResponse(runaway, media_type=JSON)
@@ -276,7 +342,9 @@ def _expected_s(reply: Reply, settings: EmulatorSettings, plan: FaultPlan) -> fl
     return plan.slow_s + _generation_s(reply.completion_tokens, settings)
 
 
-def _admit(plane: DataPlane, record: ProxyRecord, reply: Reply, expected_s: float) -> Lease | None:
+def _admit(
+    plane: DataPlane, record: ProxyRecord, prompt_tokens: int, expected_s: float
+) -> Lease | None:
     now = time.monotonic()
     policies = (record.wire.get("proxyConfig") or {}).get("policies")
     limiter = plane.policies.limiter_for(
@@ -284,7 +352,7 @@ def _admit(plane: DataPlane, record: ProxyRecord, reply: Reply, expected_s: floa
     )
     if limiter is None:
         return None
-    decision = limiter.admit(now, reply.prompt_tokens, expected_s)
+    decision = limiter.admit(now, prompt_tokens, expected_s)
     if isinstance(decision, Rejection):
         raise WireError(
             429,

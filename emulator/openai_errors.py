@@ -107,6 +107,13 @@ def _empty_array(name: str, error: Mapping[str, Any]) -> tuple[str, str]:
             "empty_array")
 
 
+def _too_long(name: str, error: Mapping[str, Any]) -> tuple[str, str]:
+    ctx = error.get("ctx") or {}
+    return (f"Invalid {name}: array too long. Expected an array with maximum length"
+            f" {ctx.get('max_length')}, but got an array with length {ctx.get('actual_length')}"
+            " instead.", "array_above_max_length")
+
+
 def _empty_string(name: str, error: Mapping[str, Any]) -> tuple[str, str]:
     return f"Invalid {name}: empty string.", "empty_string"
 
@@ -141,6 +148,7 @@ _WORDING: dict[str, Wording] = {
     "invalid_type": _wrong_type,
     **dict.fromkeys(_EXPECTED, _wrong_type),
     "too_short": _empty_array,
+    "too_long": _too_long,
     "string_too_short": _empty_string,
     "greater_than_equal": _below,
     "less_than_equal": _above,

@@ -1,5 +1,6 @@
 """The data plane's wire as the emulator reads and answers it (spec §5.4, OpenAI's field names
-and rules): chat completions and the Responses API, requests, answers and the error body.
+and rules): chat completions, the Responses API and embeddings, requests, answers and the
+error body.
 
 Written from the spec and OpenAI's API, apart from the client's models, so that each checks
 the other. Requests keep unknown fields (OpenAI has many options the synthetic model ignores)
@@ -27,10 +28,15 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from emulator.embeddings import MAX_EMBEDDING_INPUTS
+
 # Union members are told apart by JSON type; their tags appear in error locations, marked by
 # angle brackets so the error's `param` can leave them out.
 STRING_TAG = "<string>"
 PARTS_TAG = "<parts>"
+STRINGS_TAG = "<strings>"
+INTEGERS_TAG = "<integers>"
+NESTED_TAG = "<nested>"
 MISSING_CONTENT = "missing_content"
 TEXT_PART_TYPES = frozenset({"text", "input_text", "output_text"})
 # OpenAI lets content be null (or absent) only where a message may carry calls instead.
@@ -42,6 +48,7 @@ FinishReason = Literal["stop", "length"]
 ResponseStatus = Literal["in_progress", "completed", "incomplete"]
 PositiveInt = Annotated[StrictInt, Field(ge=1)]
 Count = Annotated[StrictInt, Field(ge=0)]
+EncodingFormat = Literal["float", "base64"]
 Temperature = Annotated[StrictFloat, Field(ge=0, le=2)]
 TopP = Annotated[StrictFloat, Field(ge=0, le=1)]
 
@@ -164,6 +171,57 @@ class ResponsesRequest(_Request):
     stream: StrictBool | None = None
     temperature: Temperature | None = None
     top_p: TopP | None = None
+
+
+def _embedding_input_kind(value: Any) -> str | None:
+    """A string, or an array told apart by its first item: strings, token arrays, or (also
+    for an empty array or a non-integer first item) one token array."""
+    if isinstance(value, str):
+        return STRING_TAG
+    if not isinstance(value, list):
+        return None
+    first = value[0] if value else None
+    if isinstance(first, str):
+        return STRINGS_TAG
+    return NESTED_TAG if isinstance(first, list) else INTEGERS_TAG
+
+
+NonEmptyText = Annotated[StrictStr, Field(min_length=1)]
+TokenArray = Annotated[list[Count], Field(min_length=1)]
+EmbeddingInput = Annotated[
+    Annotated[NonEmptyText, Tag(STRING_TAG)]
+    | Annotated[
+        list[NonEmptyText], Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS), Tag(STRINGS_TAG)
+    ]
+    | Annotated[TokenArray, Tag(INTEGERS_TAG)]
+    | Annotated[
+        list[TokenArray], Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS),
+        Tag(NESTED_TAG),
+    ],
+    Discriminator(
+        _embedding_input_kind,
+        custom_error_type="invalid_type",
+        custom_error_message="expected a string, an array of strings, or token arrays",
+    ),
+]
+
+
+class EmbeddingRequest(_Request):
+    model: StrictStr | None = None
+    input: EmbeddingInput
+    dimensions: PositiveInt | None = None
+    encoding_format: EncodingFormat | None = None
+    user: StrictStr | None = None
+
+    @property
+    def items(self) -> list[str] | list[list[int]]:
+        """The inputs, one per embedding."""
+        value = self.input
+        if isinstance(value, str):
+            return [value]
+        if isinstance(value[0], int):  # one token array (validated: never empty)
+            return [value]
+        return value
 
 
 # -- answers -------------------------------------------------------------------------------
@@ -347,6 +405,32 @@ class OutputTextDoneEvent(_StreamEvent):
     content_index: Count
     text: str
     logprobs: list[Any] = Field(default_factory=list)
+
+
+class EmbeddingUsage(_Answer):
+    prompt_tokens: Count
+    total_tokens: Count
+
+    @model_validator(mode="after")
+    def _total_is_the_prompt(self) -> Self:
+        if self.total_tokens != self.prompt_tokens:
+            raise ValueError("total_tokens must be prompt_tokens")
+        return self
+
+
+class EmbeddingObject(_Answer):
+    object: Literal["embedding"] = "embedding"
+    index: Count
+    embedding: list[float] | str  # a str: base64 of the little-endian float32 values
+
+
+class EmbeddingList(_Answer):
+    """The embeddings answer, one per input in input order."""
+
+    object: Literal["list"] = "list"
+    data: list[EmbeddingObject]
+    model: str
+    usage: EmbeddingUsage
 
 
 # -- errors --------------------------------------------------------------------------------

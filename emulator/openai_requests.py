@@ -1,5 +1,6 @@
 """Reading a data-plane request: the JSON body, its check against the emulator's own models,
-and the model it addresses among those the proxy serves (spec §5.2)."""
+the model it addresses among those the proxy serves (spec §5.2), and the embedding length
+it asks for."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from emulator.openai_errors import bad_request, validated
-from emulator.openai_models import ChatCompletionRequest, ResponsesRequest
+from emulator.openai_models import ChatCompletionRequest, EmbeddingRequest, ResponsesRequest
 from emulator.synthetic import prompt_text
 
 # Deeper request bodies are refused (400): real ones nest a handful of levels.
@@ -85,6 +86,24 @@ def parse_responses(body: dict[str, Any]) -> InferenceRequest:
         stream=bool(request.stream),
         include_usage=False,  # usage always arrives in the final response event
     )
+
+
+def parse_embeddings(body: dict[str, Any]) -> EmbeddingRequest:
+    return validated(EmbeddingRequest, body)
+
+
+def output_dimensions(requested: int | None, model: str, available: int) -> int:
+    """The vector length to answer: the model's own, or a shorter one the request asks for."""
+    if requested is None:
+        return available
+    if requested > available:
+        raise bad_request(
+            f"Invalid 'dimensions': integer above maximum value. Expected a value <= {available}"
+            f" (the dimensions of model '{model}'), but got {requested} instead.",
+            "dimensions",
+            "integer_above_max_value",
+        )
+    return requested
 
 
 def _model_names(endpoint: Any) -> list[str]:

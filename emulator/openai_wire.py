@@ -1,6 +1,6 @@
 """The data plane's answers: the bodies and SSE frames of chat completions and the Responses
-API, built with the emulator's own models (`openai_models`), and what differs between the
-two APIs (`Api`).
+API, and the embeddings body, built with the emulator's own models (`openai_models`), and what
+differs between the two generating APIs (`Api`).
 
 A stream sends one frame per token. Token frames reuse one validated chunk whose text alone
 changes, so a long reply costs a `json.dumps` per token, not a model per token.
@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
+from emulator.embeddings import to_base64
 from emulator.openai_models import (
     AssistantMessage,
     ChatChoice,
@@ -25,6 +26,10 @@ from emulator.openai_models import (
     ChunkDelta,
     CompletionUsage,
     ContentPartEvent,
+    EmbeddingList,
+    EmbeddingObject,
+    EmbeddingUsage,
+    EncodingFormat,
     FinishReason,
     IncompleteDetails,
     OutputItemEvent,
@@ -255,6 +260,22 @@ def _response_tail(
         type=_END_EVENTS[status], sequence_number=next(sequence), response=finished
     )
     yield Frame(_sse(end), "final")
+
+
+# -- embeddings ------------------------------------------------------------------------------
+
+
+def embedding_list(
+    model: str, vectors: list[list[float]], encoding: EncodingFormat | None, prompt_tokens: int
+) -> dict[str, Any]:
+    """The embeddings answer: one vector per input, floats or (base64) their float32 bytes."""
+    encode = to_base64 if encoding == "base64" else list
+    data = [
+        EmbeddingObject(index=index, embedding=encode(vector))
+        for index, vector in enumerate(vectors)
+    ]
+    usage = EmbeddingUsage(prompt_tokens=prompt_tokens, total_tokens=prompt_tokens)
+    return EmbeddingList(data=data, model=model, usage=usage).model_dump()
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,17 @@
-"""What the emulator does: latencies, lifecycle delays, reply lengths, faults. Changed at run
-time through `PUT /_emulator/settings`, and per proxy through `PUT /_emulator/proxies/{name}/faults`
-and `PUT /_emulator/proxies/{name}/reply`."""
+"""What the emulator does: latencies, lifecycle delays, reply lengths, embedding dimensions,
+faults. Changed at run time through `PUT /_emulator/settings`, and per proxy through
+`PUT /_emulator/proxies/{name}/faults` and `PUT /_emulator/proxies/{name}/reply`."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import BaseModel, ConfigDict, Field
 
+from emulator.embeddings import DEFAULT_EMBEDDING_DIMENSIONS, MAX_EMBEDDING_DIMENSIONS
 from emulator.synthetic import MAX_REPLY_TOKENS
+
+Dimensions = Annotated[int, Field(ge=1, le=MAX_EMBEDDING_DIMENSIONS)]
 
 
 class Faults(BaseModel):
@@ -70,8 +75,15 @@ class EmulatorSettings(BaseModel):
     # Either way the request's max_tokens (max_completion_tokens, max_output_tokens) caps it.
     default_completion_tokens: int = Field(default=16, ge=1, le=MAX_REPLY_TOKENS)
     reply_tokens: int | None = Field(default=None, ge=1, le=MAX_REPLY_TOKENS)
+    # Synthetic embeddings: each model's vector length, by the model name a request resolves
+    # to (the proxy config has no field for it); other models get the default.
+    embedding_dimensions: dict[str, Dimensions] = Field(default_factory=dict)
+    default_embedding_dimensions: Dimensions = DEFAULT_EMBEDDING_DIMENSIONS
     faults: Faults = Field(default_factory=Faults)
     seed: int = 0
+
+    def dimensions_of(self, model: str) -> int:
+        return self.embedding_dimensions.get(model, self.default_embedding_dimensions)
 
 
 class ReplyLength(BaseModel):

@@ -1,4 +1,4 @@
-"""Data plane (spec §5): OpenAI-compatible inference through one proxy.
+"""Data plane: OpenAI-compatible inference (chat, responses, embeddings) through one proxy.
 
 Every real request is authenticated at send time: AGENTRUN4 signature with AK/SK, else the
 inbound API key, else nothing (Q8, Q9). `include_usage` is set only for streaming chat (Q10).
@@ -22,6 +22,7 @@ from modelproxy.config import Config
 from modelproxy.inference import (
     ChatCompletion,
     ChatCompletionChunk,
+    EmbeddingResponse,
     ResponseObject,
     ResponseStreamEvent,
 )
@@ -47,6 +48,17 @@ def responses_body(
     body: dict[str, Any] = {**kwargs, "model": model, "input": input_, "stream": stream}
     body.pop("stream_options", None)
     return body
+
+
+# A text, texts, one token array, or token arrays (OpenAI's four forms of `input`).
+EmbeddingInput = str | list[str] | list[int] | list[list[int]]
+
+
+def embeddings_body(input_: EmbeddingInput, model: str, **kwargs: Any) -> dict[str, Any]:
+    """The embeddings request body. Options such as `dimensions`, `encoding_format` ("float"
+    or "base64") and `user` pass through; one given as None is left out, as not given."""
+    options = {key: value for key, value in kwargs.items() if value is not None}
+    return {**options, "model": model, "input": input_}
 
 
 def data_auth(config: Config) -> httpx.Auth | None:
@@ -107,6 +119,9 @@ class DataAPI:
             with mapped_transport_errors(streaming=True):
                 async for event in response_events(self._events(response)):
                     yield event
+
+    async def embeddings(self, body: dict[str, Any]) -> EmbeddingResponse:
+        return EmbeddingResponse.model_validate(await self._post("/embeddings", body))
 
     async def _post(self, path: str, body: dict[str, Any]) -> Any:
         """The decoded JSON answer."""

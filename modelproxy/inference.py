@@ -1,10 +1,13 @@
-"""Typed OpenAI-compatible inference payloads (chat completions and the Responses API).
+"""Typed OpenAI-compatible inference payloads (chat completions, the Responses API and
+embeddings).
 
 Field names are the wire's own (snake_case); unknown fields are kept.
 """
 
 from __future__ import annotations
 
+import base64
+import struct
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -114,3 +117,32 @@ class ResponseStreamEvent(_Open):
     @property
     def text(self) -> str:
         return self.delta or "" if self.type == "response.output_text.delta" else ""
+
+
+class EmbeddingUsage(_Open):
+    prompt_tokens: int = 0
+    total_tokens: int = 0
+
+
+class Embedding(_Open):
+    object: str = "embedding"
+    index: int = 0
+    # A string when the request asked for encoding_format "base64".
+    embedding: list[float] | str = Field(default_factory=list)
+
+    @property
+    def vector(self) -> list[float]:
+        """The floats, decoded from base64 (little-endian float32, as OpenAI sends) if need be."""
+        if isinstance(self.embedding, list):
+            return self.embedding
+        raw = base64.b64decode(self.embedding, validate=True)
+        if len(raw) % 4:
+            raise ValueError(f"a base64 embedding of {len(raw)} bytes is not float32 values")
+        return list(struct.unpack(f"<{len(raw) // 4}f", raw))
+
+
+class EmbeddingResponse(_Open):
+    object: str = "list"
+    data: list[Embedding] = Field(default_factory=list)
+    model: str = ""
+    usage: EmbeddingUsage | None = None

@@ -16,11 +16,12 @@ from pydantic import PrivateAttr
 
 from modelproxy.config import Config
 from modelproxy.control import ControlAPI
-from modelproxy.data import DataAPI, chat_body, responses_body
+from modelproxy.data import DataAPI, EmbeddingInput, chat_body, embeddings_body, responses_body
 from modelproxy.errors import ConfigError, WaitTimeoutError
 from modelproxy.inference import (
     ChatCompletion,
     ChatCompletionChunk,
+    EmbeddingResponse,
     ResponseObject,
     ResponseStreamEvent,
 )
@@ -376,3 +377,25 @@ class ModelProxy(ModelProxyProps):
     ) -> ResponseObject | Iterator[ResponseStreamEvent]:
         result = run_sync(self._respond(messages, model, stream, config, kwargs))
         return result if isinstance(result, ResponseObject) else iterate_sync(result)
+
+    async def aembedding(
+        self, input: EmbeddingInput, model: str | None = None, config: Config | None = None,
+        **kwargs: Any,
+    ) -> EmbeddingResponse:
+        """Embeddings of `input`: a text, texts, or token arrays. Options such as
+        `dimensions`, `encoding_format` and `user` go into the request body."""
+        body = embeddings_body(input, model or model_name_for(self), **kwargs)
+        return await self._data(config).embeddings(body)
+
+    async def embedding_async(
+        self, input: EmbeddingInput, model: str | None = None, config: Config | None = None,
+        **kwargs: Any,
+    ) -> EmbeddingResponse:
+        """`aembedding` under the `_async` name every other network method has."""
+        return await self.aembedding(input, model, config, **kwargs)
+
+    def embedding(
+        self, input: EmbeddingInput, model: str | None = None, config: Config | None = None,
+        **kwargs: Any,
+    ) -> EmbeddingResponse:
+        return run_sync(self.aembedding(input, model, config, **kwargs))

@@ -17,15 +17,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.contract import JobKind, JobRecord, JobStatus, check_proxy_name
+from core.embeddings import ENCODINGS
 
 URL_KINDS: dict[str, JobKind] = {
     "/v1/chat/completions": JobKind.CHAT,
     "/v1/responses": JobKind.RESPONSES,
+    "/v1/embeddings": JobKind.EMBEDDINGS,
 }
 CUSTOM_ID_MAX_CHARS = 512
+EMBEDDING_INPUTS_MAX = 2048  # OpenAI's limit of inputs per embeddings request
 DEFAULT_MAX_LINE_BYTES = 1_000_000
 _SHOW_MAX_CHARS = 60
-_ALLOWED_URLS = " or ".join(URL_KINDS)
+_ALLOWED_URLS = ", ".join(list(URL_KINDS)[:-1]) + " or " + list(URL_KINDS)[-1]
 _BOM = "\ufeff"
 # A failed job's error reads "attempt 2: ServerError: HTTP 503: ..." (worker.retry.describe).
 _ERROR_CLASS = re.compile(r"(?:attempt \d+: )?([A-Z][A-Za-z0-9_]*): ")
@@ -330,9 +333,72 @@ def _check_responses(body: dict[str, Any]) -> None:
                            f'"role", not {_show(item)}')
 
 
+# Optional fields of an embeddings body, as `_KNOBS`.
+_EMBEDDINGS_KNOBS: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    ("model", lambda v: isinstance(v, str), "a string"),
+    ("dimensions", _is_positive_int, "a positive integer"),
+    ("encoding_format", lambda v: v in ENCODINGS, " or ".join(f'"{e}"' for e in ENCODINGS)),
+    ("user", lambda v: isinstance(v, str), "a string"),
+)
+_EMBEDDINGS_INPUT = ('"body.input" must be a non-empty string, or a non-empty list of '
+                     "non-empty strings, of token ids, or of non-empty token id lists")
+
+
+def _is_token_ids(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(
+        _is_int(item) and item >= 0 for item in value)
+
+
+def _check_embedding_item(i: int, item: Any, first: Any) -> None:
+    """One item of a list input, of the kind its first item set."""
+    where = f"body.input[{i}]"
+    if isinstance(first, str):
+        if not (isinstance(item, str) and item):
+            raise _Invalid(f'"{where}" must be a non-empty string, not {_show(item)}')
+    elif isinstance(first, list):
+        if not _is_token_ids(item):
+            raise _Invalid(f'"{where}" must be a non-empty list of token ids (integers from '
+                           f"0), not {_show(item)}")
+    else:
+        raise _Invalid(f'"{where}" must be a non-empty string or a list of token ids, '
+                       f"not {_show(item)}")
+
+
+def _check_embeddings_input(body: dict[str, Any]) -> None:
+    if "input" not in body:
+        raise _Invalid('"body.input" is missing')
+    value = body["input"]
+    if isinstance(value, str) and value:
+        return
+    if not (isinstance(value, list) and value) or isinstance(value[0], bool):
+        raise _Invalid(f"{_EMBEDDINGS_INPUT}, not {_show(value)}")
+    if _is_int(value[0]):  # one input given as token ids
+        if not _is_token_ids(value):
+            raise _Invalid(f'"body.input" must be a list of token ids (integers from 0), '
+                           f"not {_show(value)}")
+        return
+    if len(value) > EMBEDDING_INPUTS_MAX:
+        raise _Invalid(f'"body.input" has {len(value)} items, the limit is '
+                       f"{EMBEDDING_INPUTS_MAX}")
+    for i, item in enumerate(value):
+        _check_embedding_item(i, item, value[0])
+
+
+def _check_embeddings(body: dict[str, Any]) -> None:
+    stream = body.get("stream")
+    if stream is not None and stream is not False:
+        raise _Invalid('"body.stream" does not apply to embeddings: leave it out')
+    _check_embeddings_input(body)
+    for name, test, wanted in _EMBEDDINGS_KNOBS:
+        value = body.get(name)
+        if value is not None and not test(value):
+            raise _Invalid(f'"body.{name}" must be {wanted}, not {_show(value)}')
+
+
 _BODY_CHECKS: dict[JobKind, tuple[Callable[[dict[str, Any]], None], ...]] = {
     JobKind.CHAT: (_check_stream, _check_chat, _check_knobs),
     JobKind.RESPONSES: (_check_stream, _check_responses, _check_knobs),
+    JobKind.EMBEDDINGS: (_check_embeddings,),
 }
 
 

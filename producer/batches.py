@@ -15,8 +15,11 @@ from core.dispatch import cancel_batch
 from core.store import JobStore
 from modelproxy.portal import iterate_sync, run_sync
 from producer.batch_format import error_line, output_line
+from producer.embeddings import with_vectors
 
 PAGE = 1000
+# Succeeded jobs whose vectors are read (and decoded) at a time: a few MB, not a whole page.
+VECTORS_GROUP = 32
 WAIT_INTERVAL_S = 0.5
 
 Progress = Callable[[BatchRecord], None]
@@ -57,21 +60,26 @@ class AsyncBatch:
 
     async def records(self) -> AsyncIterator[JobRecord]:
         """Job records in input order."""
+        async for page in self._pages():
+            for record in page:
+                yield record
+
+    async def _pages(self) -> AsyncIterator[list[JobRecord]]:
         start = 0
         while True:
             ids = await self._store.batch_job_ids(self.id, start, start + PAGE - 1)
             if not ids:
                 return
-            for record in await self._store.load_many(ids):
-                if record is not None:
-                    yield record
+            yield [record for record in await self._store.load_many(ids) if record is not None]
             start += PAGE
 
     async def results(self) -> AsyncIterator[dict[str, Any]]:
-        """Output lines of the succeeded jobs."""
-        async for record in self.records():
-            if record.status == JobStatus.SUCCEEDED:
-                yield output_line(record)
+        """Output lines of the succeeded jobs (embeddings in the encoding each asked for)."""
+        async for page in self._pages():
+            done = [record for record in page if record.status == JobStatus.SUCCEEDED]
+            for start in range(0, len(done), VECTORS_GROUP):
+                for record in await with_vectors(self._store, done[start:start + VECTORS_GROUP]):
+                    yield output_line(record)
 
     async def errors(self) -> AsyncIterator[dict[str, Any]]:
         """Lines refused at submission, then failed and cancelled jobs."""

@@ -25,6 +25,7 @@ from producer.cli_common import (
     err_console,
     fail,
 )
+from producer.cli_embed import embed_command
 from producer.flower import flower_command
 from producer.metrics_exporter import metrics_command
 from producer.terminal import escape_markup, write_text
@@ -40,6 +41,7 @@ app = typer.Typer(
 app.add_typer(cli_batch.app, name="batch")
 app.add_typer(cli_job.app, name="job")
 app.add_typer(cli_proxy.app, name="proxy")
+app.command("embed")(embed_command)
 app.command("flower")(flower_command)
 app.command("metrics")(metrics_command)
 

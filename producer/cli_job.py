@@ -82,9 +82,10 @@ def cancel(job_id: str = typer.Argument(..., help=JOB_ID_HELP)) -> None:
 
 
 def _final(job: Job, timeout: float) -> JobRecord:
-    """The job's final record, waiting up to `timeout` s (0: only look)."""
+    """The job's final record, waiting up to `timeout` s (0: only look); a succeeded
+    embeddings job's with its vectors."""
     record = job.record()
-    if record.status.is_final or timeout <= 0:
+    if not record.status.is_final and timeout <= 0:
         return record
     try:
         return job.result(timeout)

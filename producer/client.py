@@ -20,6 +20,7 @@ from core.contract import (
     new_id,
 )
 from core.dispatch import enqueue
+from core.embeddings import EmbeddingsInput
 from core.keys import Keys
 from core.redis_client import REDIS_RETRIES, redis_client
 from core.settings import Settings
@@ -87,7 +88,7 @@ class AsyncClient:
     async def submit(self, kind: JobKind, proxy: str, request: dict[str, Any]) -> AsyncJob:
         """Validate and enqueue one job; bad input raises `ValueError` and sends nothing."""
         check_job_proxy(kind, proxy)
-        if kind in (JobKind.CHAT, JobKind.RESPONSES):
+        if kind in (JobKind.CHAT, JobKind.RESPONSES, JobKind.EMBEDDINGS):
             check_request(kind, request)
         elif kind not in (JobKind.MGMT_LIST, JobKind.MGMT_REFRESH):
             if not request.get("name"):
@@ -111,6 +112,15 @@ class AsyncClient:
         if model:
             request["model"] = model
         return await self.submit(JobKind.RESPONSES, proxy, request)
+
+    async def embed(self, proxy: str, input: EmbeddingsInput, *, model: str | None = None,
+                    **params: Any) -> AsyncJob:
+        """One embeddings job for `input` (a text, texts, or token ids); `params` as OpenAI's
+        (`dimensions`, `encoding_format`). `job.embeddings()` gives the vectors."""
+        request = {**params, "input": input}
+        if model:
+            request["model"] = model
+        return await self.submit(JobKind.EMBEDDINGS, proxy, request)
 
     def job(self, job_id: str) -> AsyncJob:
         return AsyncJob(self.store, job_id, self._reader)
@@ -212,6 +222,10 @@ class Client:
                   model: str | None = None, stream: bool = False, **params: Any) -> Job:
         return Job(run_sync(self._client.responses(proxy, input, model=model, stream=stream,
                                                    **params)))
+
+    def embed(self, proxy: str, input: EmbeddingsInput, *, model: str | None = None,
+              **params: Any) -> Job:
+        return Job(run_sync(self._client.embed(proxy, input, model=model, **params)))
 
     def job(self, job_id: str) -> Job:
         return Job(self._client.job(job_id))

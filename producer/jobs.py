@@ -17,8 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from core.contract import FINAL, ChunkEntry, JobRecord, JobStatus
+from core.embeddings import Embedding
 from core.store import JobStore
 from modelproxy.portal import iterate_sync, run_sync
+from producer.embeddings import embeddings_of, with_vectors
 from producer.stream_reader import Follow, StreamReader
 
 POLL_MIN_S = 0.02
@@ -111,14 +113,21 @@ class AsyncJob:
         return (await self.record()).status
 
     async def result(self, timeout: float | None = None) -> JobRecord:
-        """Wait for the end; the record of a succeeded job, else `JobFailedError`."""
+        """Wait for the end; the record of a succeeded job, else `JobFailedError`. An
+        embeddings job's result is OpenAI's answer, vectors in the encoding it asked for."""
         record = await wait_final(self._store, self.id, timeout)
         if record.status != JobStatus.SUCCEEDED:
             raise JobFailedError(record)
+        (record,) = await with_vectors(self._store, [record])
         return record
 
     async def final_text(self, timeout: float | None = None) -> str:
         return result_text(await self.result(timeout))
+
+    async def embeddings(self, timeout: float | None = None) -> list[Embedding]:
+        """An embeddings job's vectors by input index: lists of floats, or base64 strings
+        if its request asked for base64."""
+        return embeddings_of(await self.result(timeout))
 
     async def cancel(self) -> bool:
         """Cancel unless already final; a running stream stops within a second."""
@@ -187,6 +196,9 @@ class Job:
 
     def final_text(self, timeout: float | None = None) -> str:
         return run_sync(self._job.final_text(timeout))
+
+    def embeddings(self, timeout: float | None = None) -> list[Embedding]:
+        return run_sync(self._job.embeddings(timeout))
 
     def cancel(self) -> bool:
         return run_sync(self._job.cancel())

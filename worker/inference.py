@@ -1,4 +1,4 @@
-"""Inference jobs: chat completions and the Responses API, streamed or not.
+"""Inference jobs: chat completions and the Responses API, streamed or not, and embeddings.
 
 Before the call: a cluster-wide permit (requests, estimated tokens, concurrency). During:
 its concurrency slot is renewed with the job's lease. After: the slot is released and the
@@ -30,8 +30,9 @@ from modelproxy.inference import ChatCompletionChunk, ResponseStreamEvent
 from modelproxy.sse import RESPONSE_END_EVENTS
 from modelproxy.transport import deadline
 from worker.chunks import ChunkWriter
+from worker.embeddings import embed, embeddings_request
 from worker.proxy_cache import CachedProxy
-from worker.ratelimit import Limits, Permit, estimate_tokens, merge_limits
+from worker.ratelimit import Limits, Permit, estimate_input_tokens, estimate_tokens, merge_limits
 from worker.runtime import Runtime
 
 UNLIMITED = Limits()
@@ -60,6 +61,7 @@ class JobResult:
     result: dict[str, Any]
     usage: dict[str, Any] | None = None
     last_chunk: ChunkEntry | None = None  # a stream's `done`, written with the final state
+    vectors: bytes = b""  # an embeddings job's, stored apart with the final state
 
 
 def response_limits(settings: Settings) -> ResponseLimits:
@@ -91,7 +93,7 @@ async def run_inference(rt: Runtime, job: JobRecord, attempt: int) -> JobResult:
             rt.metrics.permit_requeued(proxy.name)
             raise NoPermit(remaining_s, "cooldown")
         return await _call(rt, job, attempt, proxy.name, body)
-    cost = estimate_tokens(body)
+    cost = _estimate(job.kind, body)
     asked = time.monotonic()
     permit = await rt.limiter.wait_for_permit(
         key, limits, cost, f"{job.id}:{attempt}", rt.leases.hold_ttl_s,
@@ -107,7 +109,7 @@ async def run_inference(rt: Runtime, job: JobRecord, attempt: int) -> JobResult:
             outcome = await _call(rt, job, attempt, proxy.name, body)
         return outcome
     finally:
-        used = _total_tokens(outcome.usage) if outcome else None
+        used = _used_tokens(job.kind, outcome.usage) if outcome else None
         await rt.limiter.settle(key, permit.lease_id, limits, 0 if used is None else used - cost)
 
 
@@ -128,14 +130,23 @@ def _request_body(job: JobRecord, proxy: CachedProxy) -> dict[str, Any]:
     stream = bool(request.pop("stream", False))
     if job.kind == JobKind.CHAT:
         return chat_body(request.pop("messages", []), model, stream=stream, **request)
+    if job.kind == JobKind.EMBEDDINGS:
+        return embeddings_request(request, model)
     return responses_body(request.pop("input", ""), model, stream=stream, **request)
 
 
-def _total_tokens(usage: dict[str, Any] | None) -> int | None:
+def _estimate(kind: JobKind, body: dict[str, Any]) -> int:
+    """Tokens to ask a permit for; an embeddings call has input tokens only."""
+    if kind == JobKind.EMBEDDINGS:
+        return estimate_input_tokens(body.get("input"))
+    return estimate_tokens(body)
+
+
+def _used_tokens(kind: JobKind, usage: dict[str, Any] | None) -> int | None:
     if not usage:
         return None
-    total = usage.get("total_tokens")
-    return int(total) if isinstance(total, int) else None
+    used = usage.get("prompt_tokens" if kind == JobKind.EMBEDDINGS else "total_tokens")
+    return int(used) if isinstance(used, int) else None
 
 
 async def _call(
@@ -143,6 +154,10 @@ async def _call(
 ) -> JobResult:
     data = DataAPI(proxy, rt.config, response_limits(rt.settings))
     timeout_s = rt.settings.attempt_timeout_s
+    if job.kind == JobKind.EMBEDDINGS:
+        async with deadline(timeout_s, "attempt"):
+            embedded = await embed(data, body)
+        return JobResult(embedded.result, embedded.usage, vectors=embedded.vectors)
     if not body.get("stream"):
         async with deadline(timeout_s, "attempt"):
             reply = await _reply(data, job.kind, body)

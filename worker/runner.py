@@ -76,7 +76,8 @@ async def _attempt(rt: Runtime, job: JobRecord, claim: Claim) -> Outcome:
         return await _failed(rt, job, claim, exc)
     written = await rt.store.finish(job.id, claim.attempt, JobStatus.SUCCEEDED,
                                     result=succeeded.result, usage=succeeded.usage,
-                                    last_chunk=succeeded.last_chunk)
+                                    last_chunk=succeeded.last_chunk,
+                                    vectors=succeeded.vectors)
     rt.metrics.tokens(job.proxy, succeeded.usage)  # the upstream counted them either way
     if not written:
         return Outcome("skip", "stopped", message="final write refused: cancelled or superseded")

@@ -1,15 +1,18 @@
 -- Writes a job's final state exactly once, fenced by attempt.
 -- KEYS[1]  job hash        KEYS[2]  the job's chunk stream   KEYS[3]  open-jobs index
+-- KEYS[4]  the job's vectors (an embeddings job's)
 -- ARGV     job id, attempt ('' = not fenced: a cancel), final status, now,
 --          retention_s, batch / batch jobs / batch events / batch invalid key templates,
 --          error as a JSON string or '', m, then m field/value items of a last entry for
---          the chunk stream (a stream's `done`: m = 0 for none), then field/value pairs
---          to set
+--          the chunk stream (a stream's `done`: m = 0 for none), then k, then k pieces of
+--          the vectors' bytes (k = 0 for none), then field/value pairs to set
 -- Returns 1 if this call wrote the final state, 0 if refused.
 local job_key, chunks_key = KEYS[1], KEYS[2]
 local job_id, attempt, status, now, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local templates = {ARGV[6], ARGV[7], ARGV[8], ARGV[9]}
 local entry_items = tonumber(ARGV[11])
+local pieces_at = 12 + entry_items
+local pieces = tonumber(ARGV[pieces_at])
 local job = load_job(job_key)
 
 if attempt == '' then
@@ -19,10 +22,20 @@ if refused(job, attempt) then
   return 0
 end
 
-write_job(job_key, job, status, attempt, ARGV[10], 12 + entry_items)
+write_job(job_key, job, status, attempt, ARGV[10], pieces_at + pieces + 1)
 redis.call('ZREM', KEYS[3], job_id)
 redis.call('HSET', job_key, 'finished_at', now)
 redis.call('EXPIRE', job_key, ttl)
+-- Raw bytes beside the record, whose readers decode every field as text; fields "0", "1", …
+if pieces > 0 then
+  local fields = {}
+  for i = 1, pieces do
+    fields[2 * i - 1] = tostring(i - 1)
+    fields[2 * i] = ARGV[pieces_at + i]
+  end
+  redis.call('HSET', KEYS[4], unpack(fields))
+  redis.call('EXPIRE', KEYS[4], ttl)
+end
 -- With the final state, so a consumer that reads `done` finds the job final.
 if entry_items > 0 then
   redis.call('XADD', chunks_key, '*', unpack(ARGV, 12, 11 + entry_items))

@@ -186,6 +186,10 @@ def _responses_url(server: EmulatorServer) -> str:
     return f"{server.url}/models/{READY_PROXY}/v1/responses"
 
 
+def _embeddings_url(server: EmulatorServer) -> str:
+    return f"{server.url}/models/{READY_PROXY}/v1/embeddings"
+
+
 def _still_serves(server: EmulatorServer) -> None:
     """A fresh connection gets a normal answer on both planes."""
     with httpx.Client(timeout=REQUEST_TIMEOUT_S) as client:
@@ -278,7 +282,8 @@ NOT_AN_OBJECT = [
 
 def _body_routes(server: EmulatorServer) -> list[tuple[str, str]]:
     return [("POST", _chat_url(server)), ("POST", _responses_url(server)),
-            ("POST", f"{server.url}{CONTROL}"), ("PUT", f"{server.url}{CONTROL}/{READY_PROXY}")]
+            ("POST", _embeddings_url(server)), ("POST", f"{server.url}{CONTROL}"),
+            ("PUT", f"{server.url}{CONTROL}/{READY_PROXY}")]
 
 
 @pytest.mark.parametrize("body", NOT_AN_OBJECT, ids=lambda b: repr(b[:24]))
@@ -316,6 +321,27 @@ def test_odd_chat_values_never_break_the_emulator(emulator: EmulatorServer,
     _still_serves(emulator)
 
 
+# Valid JSON objects with odd embedding inputs: answered (200) or refused (4xx), never a 5xx.
+ODD_EMBEDDING_BODIES = {
+    "huge-token-id": b'{"input": [100000000000000000000000000000]}',
+    "huge-dimensions": b'{"input": "x", "dimensions": 100000000000000000000000}',
+    "lone-surrogate": b'{"input": ["\\ud800 lone surrogate"]}',
+    "lone-surrogate-model": b'{"input": "x", "model": "\\ud800"}',
+    "nested-too-deep": b'{"input": [[[1]]]}',
+    "mixed-items": b'{"input": [[1], "a", 2]}',
+    "float-dimensions": b'{"input": "x", "dimensions": 8.0}',
+}
+
+
+@pytest.mark.parametrize("body", ODD_EMBEDDING_BODIES.values(), ids=ODD_EMBEDDING_BODIES.keys())
+def test_odd_embedding_values_never_break_the_emulator(emulator: EmulatorServer,
+                                                        body: bytes) -> None:
+    response, _ = _send("POST", _embeddings_url(emulator), body)
+    if response.status_code != 200:
+        _assert_client_error(response, 400)
+    _still_serves(emulator)
+
+
 WRONG_TYPES = ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data",
                "application/xml", "image/png"]
 
@@ -326,6 +352,7 @@ def test_wrong_content_type_gets_a_clear_4xx(emulator: EmulatorServer, content_t
     create = json.dumps({"modelProxyName": "fuzz-ct",
                          "proxyConfig": {"endpoints": [{"modelNames": ["m1"]}]}}).encode()
     for url, body in ((_chat_url(emulator), chat), (_responses_url(emulator), b'{"input": "hi"}'),
+                      (_embeddings_url(emulator), b'{"input": "hi"}'),
                       (f"{emulator.url}{CONTROL}", create)):
         response, _ = _send("POST", url, body, {"content-type": content_type})
         _assert_client_error(response, 400, 415)

@@ -188,24 +188,26 @@ BAD_LINES = [
     (chat_line(method="GET"), "a", '"method" must be "POST", not "GET"'),
     (chat_line(method=None), "a", '"method" must be "POST", not null'),
     (
-        chat_line(url="/v1/embeddings"),
+        chat_line(url="/v1/completions"),
         "a",
-        '"url" must be /v1/chat/completions or /v1/responses, not "/v1/embeddings"',
+        '"url" must be /v1/chat/completions, /v1/responses or /v1/embeddings, '
+        'not "/v1/completions"',
     ),
     (
         chat_line(url="/chat/completions"),
         "a",
-        '"url" must be /v1/chat/completions or /v1/responses, not "/chat/completions"',
+        '"url" must be /v1/chat/completions, /v1/responses or /v1/embeddings, '
+        'not "/chat/completions"',
     ),
     (
         {k: v for k, v in chat_line().items() if k != "url"},
         "a",
-        '"url" is missing; it must be /v1/chat/completions or /v1/responses',
+        '"url" is missing; it must be /v1/chat/completions, /v1/responses or /v1/embeddings',
     ),
     (
         chat_line(url=["x"]),
         "a",
-        '"url" must be /v1/chat/completions or /v1/responses, not an array',
+        '"url" must be /v1/chat/completions, /v1/responses or /v1/embeddings, not an array',
     ),
     (chat_line(proxy=""), "a", '"proxy" must be a non-empty string, not ""'),
     (chat_line(proxy=3), "a", '"proxy" must be a non-empty string, not 3'),
@@ -633,7 +635,7 @@ def test_valid_lines_parse_and_keep_custom_id_kind_and_body(lines, as_bytes, def
 
 
 MUTATIONS: list[tuple[str, Any]] = [
-    ("url", "/v1/embeddings"),
+    ("url", "/v1/completions"),
     ("method", "GET"),
     ("body", []),
     ("stream", True),

@@ -98,6 +98,7 @@ def prefix(redis_url: str) -> Iterator[str]:
 
 COMMANDS: dict[tuple[str, ...], list[str]] = {
     ("chat",): ["--stream", "--no-stream", "--model", "--max-tokens", "--timeout", "--raw"],
+    ("embed",): ["--model", "--dimensions", "--encoding-format", "--timeout"],
     ("batch", "submit"): ["--proxy", "--wait", "--strict", "--results"],
     ("batch", "status"): [],
     ("batch", "wait"): ["--timeout"],

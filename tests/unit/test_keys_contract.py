@@ -72,8 +72,9 @@ def test_status_final_set() -> None:
 def test_kind_values_and_management() -> None:
     assert JobKind("chat") is JobKind.CHAT
     assert not JobKind.RESPONSES.is_management
+    assert not JobKind.EMBEDDINGS.is_management
     assert all(k.is_management for k in JobKind if k.value.startswith("mgmt_"))
-    assert len(JobKind) == 9
+    assert len(JobKind) == 10
 
 
 def _full_record() -> JobRecord:
@@ -184,7 +185,7 @@ def test_the_layout_in_the_docstring_is_what_keys_builds() -> None:
 
     keys = Keys("P:")
     built = {
-        keys.job("{id}"), keys.job_chunks("{id}"), keys.batch("{id}"),
+        keys.job("{id}"), keys.job_chunks("{id}"), keys.job_vectors("{id}"), keys.batch("{id}"),
         keys.batch_jobs("{id}"), keys.batch_events("{id}"), keys.batch_invalid("{id}"),
         keys.batches(), keys.open_jobs(), keys.cancels(), keys.proxy("{name}"),
         keys.reader_wake("{id}"), keys.lock("{name}"), keys.metrics(),

@@ -6,6 +6,7 @@ from worker.ratelimit.policy import (
     DEFAULT_BURST_RATIO,
     DEFAULT_COMPLETION_TOKENS,
     Limits,
+    estimate_input_tokens,
     estimate_tokens,
     merge_limits,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "Permit",
     "RateLimiter",
     "Wait",
+    "estimate_input_tokens",
     "estimate_tokens",
     "merge_limits",
 ]

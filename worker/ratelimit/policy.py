@@ -125,6 +125,16 @@ def estimate_tokens(request: Mapping[str, Any]) -> int:
     return prompt_tokens + choices * _completion_tokens(request)
 
 
+def estimate_input_tokens(input_: object) -> int:
+    """Tokens of an embeddings ``input``, which produces no output: text by the rule of
+    thumb of `estimate_tokens`, token ids as themselves. Usage settles it afterwards."""
+    if isinstance(input_, str):
+        return math.ceil(len(input_) / CHARS_PER_TOKEN)
+    if isinstance(input_, list):
+        return sum(estimate_input_tokens(item) for item in input_)
+    return 1 if isinstance(input_, int) and not isinstance(input_, bool) else 0
+
+
 class Gcra(NamedTuple):
     """GCRA parameters of one bucket."""
 
