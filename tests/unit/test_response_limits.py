@@ -92,6 +92,14 @@ async def test_a_stream_past_its_bytes_stops_there() -> None:
     assert body.taken <= 11
 
 
+async def test_a_compressed_stream_counts_decoded() -> None:
+    bomb = gzip.compress(b": padding\n" * 100_000)  # ~1 MB of comments, ~2 KB on the wire
+    original = response(Pieces(1, bomb), **{"content-type": "text/event-stream",
+                                            "content-encoding": "gzip"})
+    with pytest.raises(ResponseTooLargeError, match="stream over the limit of 10240 bytes"):
+        await events(limited_response(original, 10 * PIECE, "stream"), None)
+
+
 async def test_a_stream_past_its_events_stops_there() -> None:
     original = response(Pieces(1, sse(50)), **{"content-type": "text/event-stream"})
     with pytest.raises(ResponseTooLargeError, match="stream over the limit of 10 events"):
