@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 import httpx
 import redis
 from polling import wait_until
+from processes import command_lines
 
 from core.embedded_redis import free_port
 
@@ -81,16 +82,6 @@ def test_emulator_refuses_an_api_key_on_the_command_line() -> None:
     assert "--api-key-file" in result.stderr
 
 
-def _command_lines() -> list[bytes]:
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            found.append(cmdline.read_bytes())
-        except OSError:  # the process has gone
-            continue
-    return found
-
-
 def test_emulator_takes_api_keys_from_the_environment_and_a_file(tmp_path: Path) -> None:
     keys = ["sk-env-canary-1", "sk-env-canary-2", "sk-file-canary-3"]
     key_file = tmp_path / "keys"
@@ -119,7 +110,7 @@ def test_emulator_takes_api_keys_from_the_environment_and_a_file(tmp_path: Path)
             answer = httpx.get(f"{url}/_emulator/stats",
                                headers={"Authorization": f"Bearer {key}"})
             assert answer.status_code == 200, (key, answer.text)
-        lines = _command_lines()
+        lines = command_lines().values()
         assert any(str(key_file).encode() in line for line in lines)
         assert not [line for line in lines if any(key.encode() in line for key in keys)]
     finally:

@@ -42,6 +42,7 @@ import httpx
 import pytest
 import redis
 from polling import wait_until
+from processes import command_lines
 
 from core.contract import JobStatus
 from core.embedded_redis import free_port, redis_server
@@ -331,12 +332,8 @@ def _scan_logs(paths: list[Path], findings: Findings) -> int:
 
 
 def _scan_command_lines(findings: Findings) -> None:
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            findings.scan(f"command line of process {cmdline.parent.name}",
-                          cmdline.read_bytes())
-        except OSError:  # the process has gone
-            continue
+    for pid, cmdline in command_lines().items():
+        findings.scan(f"command line of process {pid}", cmdline)
 
 
 def _scan_flower(stack: LocalStack, findings: Findings) -> int:

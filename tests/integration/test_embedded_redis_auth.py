@@ -3,13 +3,13 @@ cannot administer the server (whoever reaches mpq's Redis reaches the cloud cred
 
 from __future__ import annotations
 
-import os
 import stat
 from collections.abc import Iterator
 from urllib.parse import urlparse
 
 import pytest
 import redis
+from processes import command_lines
 from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
 
 from core.embedded_redis import DENIED_COMMANDS, USER, EmbeddedRedis
@@ -71,12 +71,8 @@ def test_the_password_is_on_no_command_line_and_in_a_private_directory(
     server: EmbeddedRedis,
 ) -> None:
     password = urlparse(server.url).password or ""
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-                assert password.encode() not in cmdline.read(), f"pid {pid} shows it"
-        except OSError:
-            continue  # a process that ended while we looked
+    for pid, cmdline in command_lines().items():
+        assert password.encode() not in cmdline, f"pid {pid} shows it"
     assert stat.S_IMODE(server.data_dir.stat().st_mode) == 0o700
     acl = server.data_dir / "users.acl"
     assert stat.S_IMODE(acl.stat().st_mode) == 0o600

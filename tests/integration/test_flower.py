@@ -20,6 +20,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 from polling import until, wait_until
+from processes import command_lines
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 from stack import Stack
@@ -463,16 +464,6 @@ def test_flower_command_refuses(redis_url: str, args: list[str], message: str) -
     assert "Traceback" not in result.stderr
 
 
-def _command_lines() -> list[bytes]:
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            found.append(cmdline.read_bytes())
-        except OSError:  # the process has gone
-            continue
-    return found
-
-
 def test_the_password_is_on_no_command_line(redis_url: str, tmp_path: Path) -> None:
     """Flower gets the login in its environment (the login works, and no process shows the
     password); FLOWER_* variables for what mpq flower decides do not change what it serves."""
@@ -490,7 +481,7 @@ def test_the_password_is_on_no_command_line(redis_url: str, tmp_path: Path) -> N
         assert flower.get("/api/workers").status_code == 200
         assert flower.get("/api/workers", auth=("intruder", "pw")).status_code == 401
         assert not (tmp_path / "flower.sock").exists()
-        lines = _command_lines()
+        lines = command_lines().values()
         assert any(b"producer.flower" in line for line in lines)
         assert not [line for line in lines if password.encode() in line]
     finally:
@@ -516,7 +507,7 @@ def test_oauth_login_replaces_basic_auth(redis_url: str, tmp_path: Path) -> None
         assert "client_id=client-id" in login.headers["location"]
         assert "client-secret" not in login.headers["location"]
         assert httpx.get(f"{flower.url}/api/workers", timeout=10).status_code != 200
-        assert not [line for line in _command_lines() if b"client-secret" in line]
+        assert not [line for line in command_lines().values() if b"client-secret" in line]
     finally:
         assert flower.stop() == 0
 

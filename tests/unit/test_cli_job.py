@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import json
 import re
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,7 +22,6 @@ from rich.markup import render
 from typer.testing import CliRunner, Result
 
 from core.contract import PROXY_NAME_RULE, JobKind, JobRecord, JobStatus
-from core.embedded_redis import redis_server
 from core.keys import Keys
 from core.store import JobStore
 from modelproxy.portal import run_sync
@@ -40,24 +38,6 @@ HOSTILE = ("before\x1b[2J after "
            "\x1b]8;;https://evil.example/\x1b\\click here\x1b]8;;\x1b\\ done\r\n\x9b31mred")
 HOSTILE_SHOWN = "before after click here done\nred"
 MARKUP = "[/bold]"
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    with redis_server(None) as url:
-        yield url
-
-
-@pytest.fixture
-def prefix(redis_url: str) -> Iterator[str]:
-    prefix = f"mpqjob-{uuid.uuid4().hex[:8]}:"
-    yield prefix
-    client = redis.Redis.from_url(redis_url)
-    try:
-        for key in client.scan_iter(match=f"{prefix}*", count=500):
-            client.unlink(key)
-    finally:
-        client.close()
 
 
 @pytest.fixture

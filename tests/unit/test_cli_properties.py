@@ -14,17 +14,14 @@ import json
 import re
 import traceback
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import pytest
-import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner, Result
 
-from core.embedded_redis import redis_server
 from producer.cli import app
 
 EXIT_CODES = frozenset({0, 1, 2, 3, 4})
@@ -73,25 +70,6 @@ def check(result: Result, allowed: frozenset[int] = EXIT_CODES) -> None:
     assert len(lines) == 1, stderr
     assert lines[0].startswith("error:"), stderr
     assert "Traceback" not in stderr
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    with redis_server(None) as url:
-        yield url
-
-
-@pytest.fixture
-def prefix(redis_url: str) -> Iterator[str]:
-    """A key prefix of one test; its keys are deleted at the end."""
-    prefix = f"mpqcli-{uuid.uuid4().hex[:8]}:"
-    yield prefix
-    client = redis.Redis.from_url(redis_url)
-    try:
-        for key in client.scan_iter(match=f"{prefix}*", count=500):
-            client.unlink(key)
-    finally:
-        client.close()
 
 
 # ---- argument parsing -----------------------------------------------------------------------
