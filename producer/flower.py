@@ -23,7 +23,6 @@ process's environment, which only its user can read.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import os
 import secrets
 import sys
@@ -33,13 +32,13 @@ from typing import NoReturn
 
 import typer
 
+from core.network import is_loopback
 from core.settings import Settings
 from producer.cli_common import EXIT_USAGE, fail
 
 GENERATED_PASSWORD_BYTES = 12
 # What a user needs to tell jobs apart; Flower's default hides the args and the exception.
 TASK_COLUMNS = "name,state,args,retries,exception,received,runtime,worker,uuid"
-LOCALHOST_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 # Flower reads an option from FLOWER_<NAME> when the command line does not give it.
 FLOWER_ENV_PREFIX = "FLOWER_"
 BASIC_AUTH_ENV = "FLOWER_BASIC_AUTH"
@@ -117,16 +116,6 @@ class FlowerAccess:
         prefix = self.url_prefix.strip("/")
         return (f"{'https' if self.tls else 'http'}://{f'[{host}]' if ':' in host else host}"
                 f":{self.port}{f'/{prefix}/' if prefix else ''}")
-
-
-def is_loopback(address: str) -> bool:
-    """`127.0.0.0/8`, `::1` and localhost names; '' (every interface) is not."""
-    if address.lower() in LOCALHOST_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return False
 
 
 def check_exposure(address: str, *, auth: bool, force_open: bool) -> None:

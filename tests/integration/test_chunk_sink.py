@@ -9,8 +9,8 @@ import asyncio
 
 import pytest
 import redis
-from conftest import running
 from redis.exceptions import ConnectionError as RedisConnectionError
+from workers import running
 
 from core.embedded_redis import free_port, redis_server
 from core.keys import Keys

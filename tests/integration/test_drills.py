@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from conftest import WorkerProcess
 from polling import until
 from stack import Stack, unique
+from workers import WorkerProcess
 
 from core.contract import FINAL, JobKind, JobRecord, JobStatus, decode_hash
 from core.dispatch import INFERENCE_QUEUE, MANAGEMENT_QUEUE

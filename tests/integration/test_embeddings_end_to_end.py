@@ -38,7 +38,7 @@ def emulator() -> Iterator[EmulatorServer]:
 @pytest.fixture(scope="module")
 def shared_stack(any_redis_url: str, emulator: EmulatorServer,
                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    from conftest import WorkerProcess, worker_env
+    from workers import WorkerProcess, worker_env
 
     stack = Stack.create(any_redis_url, emulator.url)
     log = tmp_path_factory.mktemp("workers") / "embeddings.log"

@@ -16,9 +16,9 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 
 import pytest
-from conftest import WorkerProcess
 from polling import until
 from stack import Stack, unique
+from workers import WorkerProcess
 
 from core.contract import ChunkEntry, JobKind, JobRecord, JobStatus
 from emulator.server import EmulatorServer

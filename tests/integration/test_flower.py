@@ -29,6 +29,7 @@ from core.contract import JobKind, JobRecord, JobStatus
 from core.dispatch import enqueue, job_summary
 from core.embedded_redis import EmbeddedRedis, free_port
 from core.keys import Keys
+from core.network import is_loopback
 from core.settings import Settings
 from emulator.server import EmulatorServer
 from emulator.settings import EmulatorSettings
@@ -41,7 +42,6 @@ from producer.flower import (
     check_exposure,
     flower_argv,
     flower_environment,
-    is_loopback,
     oauth_login,
     resolve_access,
     user_options,
@@ -192,7 +192,7 @@ def _flower_tasks(flower: FlowerProcess, jobs: list[JobRecord]) -> dict[str, dic
 @pytest.fixture(scope="module")
 async def scenario(redis_url: str, emulator: EmulatorServer,
                    tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Scenario]:
-    from conftest import WorkerProcess, worker_env
+    from workers import WorkerProcess, worker_env
 
     logs = tmp_path_factory.mktemp("flower")
     stack = Stack.create(redis_url, emulator.url, task_events=True)
@@ -236,7 +236,7 @@ def test_login_is_required_for_pages_and_api(scenario: Scenario) -> None:
 async def test_flower_stops_cleanly_on_sigterm(
     redis_url: str, client: aioredis.Redis, tmp_path: Path
 ) -> None:
-    from conftest import worker_env
+    from workers import worker_env
 
     # The login from the environment (MPQ_FLOWER_USER / MPQ_FLOWER_PASSWORD).
     settings = Settings(redis_url=redis_url, key_prefix="mpqtest-flowerstop:",
@@ -254,7 +254,7 @@ async def test_flower_stops_cleanly_on_sigterm(
 
 
 def test_flower_stops_on_sigterm_while_the_broker_is_down(tmp_path: Path) -> None:
-    from conftest import worker_env
+    from workers import worker_env
 
     password_file = tmp_path / "password"
     password_file.write_text("pw\n")
@@ -281,7 +281,7 @@ async def test_flower_turns_on_the_task_events_of_a_worker_started_without(
 ) -> None:
     """Workers send no task events by default (they cost CPU); a running Flower tells every
     worker to send them, so jobs after that show up in it, final state included."""
-    from conftest import WorkerProcess, worker_env
+    from workers import WorkerProcess, worker_env
 
     stack = Stack.create(redis_url, emulator.url)
     assert not stack.settings.task_events
@@ -304,7 +304,7 @@ async def test_flower_turns_on_the_task_events_of_a_worker_started_without(
 
 
 def test_unauthenticated_public_bind_is_refused(redis_url: str) -> None:
-    from conftest import worker_env
+    from workers import worker_env
 
     env = worker_env(Settings(redis_url=redis_url), "http://127.0.0.1:9")
     result = subprocess.run(
@@ -455,7 +455,7 @@ def _flower_command(env: dict[str, str], *args: str) -> subprocess.CompletedProc
     (["--oauth-provider", "github", "--oauth-emails", ".*@example.com"], "FLOWER_OAUTH2_KEY"),
 ])
 def test_flower_command_refuses(redis_url: str, args: list[str], message: str) -> None:
-    from conftest import worker_env
+    from workers import worker_env
 
     result = _flower_command(worker_env(Settings(redis_url=redis_url), "http://127.0.0.1:9"),
                              *args)
@@ -467,7 +467,7 @@ def test_flower_command_refuses(redis_url: str, args: list[str], message: str) -
 def test_the_password_is_on_no_command_line(redis_url: str, tmp_path: Path) -> None:
     """Flower gets the login in its environment (the login works, and no process shows the
     password); FLOWER_* variables for what mpq flower decides do not change what it serves."""
-    from conftest import worker_env
+    from workers import worker_env
 
     password = "FLOWERPW-cmdline-canary-5"
     (tmp_path / "password").write_text(password + "\n")
@@ -489,7 +489,7 @@ def test_the_password_is_on_no_command_line(redis_url: str, tmp_path: Path) -> N
 
 
 def test_oauth_login_replaces_basic_auth(redis_url: str, tmp_path: Path) -> None:
-    from conftest import worker_env
+    from workers import worker_env
 
     env = {**worker_env(Settings(redis_url=redis_url, key_prefix="mpqtest-flowersso:"),
                         "http://127.0.0.1:9"), **OAUTH_ENV}
@@ -652,7 +652,7 @@ async def test_exporter_reads_counters_and_prefixed_queues(
 
 
 def test_metrics_command_serves_until_sigterm(redis_url: str) -> None:
-    from conftest import worker_env
+    from workers import worker_env
 
     env = worker_env(Settings(redis_url=redis_url, key_prefix="mpqtest-metricscmd:"),
                      "http://127.0.0.1:9")

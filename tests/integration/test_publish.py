@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import WorkerProcess
 from kombu import Connection
 from stack import Stack
+from workers import WorkerProcess
 
 from core import dispatch
 from core.contract import JobKind, JobRecord, JobStatus

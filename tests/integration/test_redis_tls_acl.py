@@ -13,9 +13,9 @@ from urllib.parse import quote
 
 import pytest
 import redis
-from conftest import WorkerProcess
 from polling import wait_until
 from stack import Stack
+from workers import WorkerProcess
 
 from core.contract import JobKind, JobStatus
 from core.embedded_redis import USER, acl_rules, free_port

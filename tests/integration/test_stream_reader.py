@@ -11,9 +11,9 @@ import uuid
 
 import pytest
 import redis.asyncio as aioredis
-from conftest import running
 from polling import until
 from redis.exceptions import ConnectionError as RedisConnectionError
+from workers import running
 
 from core.contract import ChunkEntry, JobKind, JobRecord, JobStatus
 from core.embedded_redis import free_port

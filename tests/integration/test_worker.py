@@ -34,7 +34,7 @@ def emulator() -> Iterator[EmulatorServer]:
 
 @pytest.fixture(scope="module")
 def shared_stack(any_redis_url: str, emulator: EmulatorServer) -> Iterator[Stack]:
-    from conftest import WorkerProcess, worker_env
+    from workers import WorkerProcess, worker_env
 
     stack = Stack.create(any_redis_url, emulator.url)
     worker = WorkerProcess(worker_env(stack.settings, emulator.url),

@@ -13,9 +13,9 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import WorkerProcess, worker_env
 from polling import until
 from stack import Stack, unique
+from workers import WorkerProcess, worker_env
 
 from core.contract import JobStatus
 from emulator.server import EmulatorServer

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
-from conftest import WorkerProcess
 from stack import Stack
+from workers import WorkerProcess
 
 from core.contract import JobStatus
 from emulator.server import EmulatorServer

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import worker_env
 from polling import until
 from stack import Stack
+from workers import worker_env
 
 from core.contract import JobKind, JobStatus
 from emulator.server import EmulatorServer
