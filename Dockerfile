@@ -8,5 +8,6 @@ COPY modelproxy ./modelproxy
 COPY emulator ./emulator
 COPY worker ./worker
 COPY producer ./producer
+COPY gateway ./gateway
 RUN pip install --no-cache-dir -c constraints.txt .
 USER nobody

@@ -12,7 +12,17 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from bench import embeddings, enqueue, inflight, ratelimit, streaming, throughput
+from bench import (
+    embeddings,
+    enqueue,
+    gateway,
+    gateway_files,
+    gateway_stream,
+    inflight,
+    ratelimit,
+    streaming,
+    throughput,
+)
 from bench.harness import arguments
 from core.embeddings import FLOAT32_BYTES
 
@@ -146,6 +156,68 @@ def enqueue_rows(r: dict[str, Any]) -> list[Row]:
     ]
 
 
+def gateway_rows(r: dict[str, Any]) -> list[Row]:
+    return gateway_call_rows(r["calls"]) + gateway_stream_rows(r["streams"]) + \
+        gateway_file_rows(r["files"])
+
+
+def gateway_call_rows(r: dict[str, Any]) -> list[Row]:
+    name = f"gateway: {r['calls']} direct chat calls"
+    runs, target = r["sequential"], gateway.TARGET_OVERHEAD_MS
+    rows = []
+    for at in ("p50", "p99"):
+        overhead = gateway.overhead_ms(runs, "httpx", f"{at}_ms")
+        rows.append(Row(f"{name}, httpx: {at}", f"{runs['httpx'][f'{at}_ms']:.1f} ms",
+                        f"Python API {runs['python'][f'{at}_ms']:.1f} ms", f"{overhead:+.1f} ms",
+                        f"< +{target:.0f} ms", verdict(overhead < target)))
+
+    def both(found: dict[str, Any], path: str) -> tuple[str, str, str]:
+        return (f"{found[path]['p50_ms']:.1f} / {found[path]['p99_ms']:.1f} ms",
+                f"Python API {found['python']['p50_ms']:.1f} / {found['python']['p99_ms']:.1f}",
+                f"{gateway.overhead_ms(found, path, 'p50_ms'):+.1f} / "
+                f"{gateway.overhead_ms(found, path, 'p99_ms'):+.1f} ms")
+
+    rows.append(Row(f"{name}, openai client: p50 / p99", *both(runs, "openai"), "", INFO))
+    rows.append(Row(f"{name}, httpx, {r['concurrency']} at once: p50 / p99",
+                    *both(r["concurrent"], "httpx"), "", INFO))
+    rows.append(Row("gateway: CPU per direct call", f"{r['gateway_cpu_ms_per_call']:.2f} ms",
+                    f"Python API {r['python_cpu_ms_per_call']:.2f} ms in its caller",
+                    f"{r['gateway_cpu_ms_per_call'] / r['python_cpu_ms_per_call']:.1f}x", "",
+                    INFO))
+    return rows
+
+
+def gateway_stream_rows(r: dict[str, Any]) -> list[Row]:
+    name = f"gateway: {r['streams']} relayed streams"
+    target = gateway_stream.TARGET_P99_OVERHEAD_MS
+    return [
+        Row(f"{name}: chunk latency p99", f"{r['gateway']['p99_ms']:.1f} ms",
+            f"direct SSE {r['direct']['p99_ms']:.1f} ms", f"{r['p99_overhead_ms']:+.1f} ms",
+            f"< +{target:.0f} ms", verdict(r["p99_overhead_ms"] < target)),
+        Row(f"{name}: p99 from chunk {streaming.STARTING_CHUNKS + 1} on",
+            f"{r['gateway_steady']['p99_ms']:.1f} ms",
+            f"direct SSE {r['direct_steady']['p99_ms']:.1f} ms",
+            f"{r['steady_p99_overhead_ms']:+.1f} ms", "", INFO),
+        Row(f"{name}: p99 against mpq's own stream", f"{r['gateway']['p99_ms']:.1f} ms",
+            f"AsyncJob.stream() {r['mpq']['p99_ms']:.1f} ms",
+            f"{r['p99_over_mpq_ms']:+.1f} ms", "", INFO),
+        Row(f"{name}: chunk latency p50", f"{r['gateway']['p50_ms']:.1f} ms",
+            f"direct SSE {r['direct']['p50_ms']:.1f} ms", f"{r['p50_overhead_ms']:+.1f} ms",
+            "", INFO),
+        Row("gateway: CPU per relayed chunk", f"{r['gateway_cpu_us_per_chunk']:.0f} µs",
+            f"{1e6 / r['gateway_cpu_us_per_chunk']:.0f} chunks/s per core", "", "", INFO),
+    ]
+
+
+def gateway_file_rows(r: dict[str, Any]) -> list[Row]:
+    name = f"gateway: a {r['lines']:,}-line file ({r['mb']:.0f} MB)"
+    target = gateway_files.TARGET_RATIO
+    return [Row(f"{name}: {way}", f"{r[f'{way}_mb_s']:.0f} MB/s",
+                f"raw HTTP {method} {r[f'raw_{way}_mb_s']:.0f} MB/s", f"{r[f'{way}_ratio']:.2f}",
+                f">= {target}", verdict(r[f"{way}_ratio"] >= target))
+            for way, method in (("upload", "PUT"), ("download", "GET"))]
+
+
 Bench = tuple[Callable[[argparse.Namespace], Coroutine[Any, Any, Any]],
               Callable[[Any], None], Callable[[Any], list[Row]]]
 BENCHES: dict[str, Bench] = {
@@ -159,6 +231,7 @@ BENCHES: dict[str, Bench] = {
     "enqueue": (lambda a: enqueue.results(a.enqueue_repeat), enqueue.report, enqueue_rows),
     "embeddings": (lambda a: embeddings.measure(a.embeddings_jobs), embeddings.report,
                    embeddings_rows),
+    "gateway": (lambda a: gateway.measure(a.gateway_calls), gateway.report, gateway_rows),
 }
 
 
@@ -181,6 +254,8 @@ def main() -> int:
     parser.add_argument("--enqueue-repeat", type=int, default=1,
                         help="best of this many runs (the benchmark alone: 3)")
     parser.add_argument("--embeddings-jobs", type=int, default=embeddings.DEFAULT_JOBS)
+    parser.add_argument("--gateway-calls", type=int, default=gateway.DEFAULT_CALLS,
+                        help="direct calls a path")
     args = parser.parse_args()
     rows: list[Row] = []
     started = time.monotonic()

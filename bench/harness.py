@@ -1,5 +1,6 @@
-"""Real parts and shared helpers for benchmarks: an emulator process, worker processes,
-settings under a fresh key prefix, proxies, chat jobs, percentiles, the command line."""
+"""Real parts and shared helpers for benchmarks: an emulator process, worker processes, a
+gateway process, settings under a fresh key prefix, proxies, chat jobs, percentiles, the
+command line."""
 
 from __future__ import annotations
 
@@ -15,16 +16,19 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from core.api_keys import ApiKeys
 from core.contract import JobKind, JobRecord
 from core.embedded_redis import free_port
 from core.settings import Settings
 from core.store import JobStore
 from modelproxy import Config, ModelProxy, ModelProxyCreateInput, ProxyConfig
+from producer.client import AsyncClient
 from producer.local_stack import stop_processes
 
 MPQ = shutil.which("mpq", path=str(Path(sys.executable).parent)) or "mpq"
@@ -32,6 +36,7 @@ MODEL = "m"
 ROOT = Path(__file__).resolve().parent.parent
 BATCH_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 30.0
+STARTUP_TIMEOUT_S = 30.0
 
 
 def arguments(doc: str | None) -> argparse.ArgumentParser:
@@ -92,6 +97,47 @@ def stopping(process: subprocess.Popen[bytes]) -> Iterator[subprocess.Popen[byte
         yield process
     finally:
         stop_processes([process], STOP_TIMEOUT_S)
+
+
+@contextlib.contextmanager
+def gateway_process(env: dict[str, str]) -> Iterator[tuple[str, int]]:
+    """`python -m gateway` on a free loopback port, in its own process; yields its base URL
+    (`http://127.0.0.1:<port>/v1`, from the line it prints once it serves) and its pid."""
+    from gateway.server import READY_LINE  # noqa: PLC0415 - the gateway's imports are heavy
+    log = Path(tempfile.gettempdir()) / f"mpq-bench-gateway-{uuid.uuid4().hex[:6]}.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "--host", "127.0.0.1", "--port", "0"],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    with stopping(process):
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while not (ready := [line for line in log.read_text().splitlines()
+                             if line.startswith(READY_LINE)]):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the gateway did not start:\n{log.read_text()}")
+            time.sleep(0.05)
+        yield ready[0].split()[-1], process.pid
+
+
+@dataclass(frozen=True)
+class GatewayTarget:
+    """A running gateway (its process id too, for its CPU time) and an API key of it."""
+
+    base_url: str
+    pid: int
+    key: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+
+async def gateway_target(client: AsyncClient, process: tuple[str, int]) -> GatewayTarget:
+    """A new API key for the gateway `process` (base URL, pid) on `client`'s key prefix, after
+    mpq's proxy cache, which the gateway routes by, has been refreshed by a worker."""
+    await (await client.refresh_proxies()).result(timeout=30)
+    _, secret = await ApiKeys(client.redis, client.keys).create("bench")
+    return GatewayTarget(*process, secret)
 
 
 def emulator_stats(url: str) -> dict[str, Any]:

@@ -193,22 +193,32 @@ async def direct_round(url: str, proxy: str, streams: int) -> list[Arrivals]:
                                  timeout=60) as client:
 
         async def read(i: int) -> Arrivals:
-            body = {**chat_request(i), "model": MODEL, "stream_options": {"include_usage": True}}
-            arrivals = Arrivals("", [], [])
-            async with client.stream("POST", endpoint, json=body) as response:
-                response.raise_for_status()
-                async for line in response.aiter_lines():
-                    now = time.time()
-                    if not line.startswith("data: {"):
-                        continue
-                    chunk = json.loads(line[len("data: "):])
-                    arrivals.completion_id = chunk["id"]
-                    choices = chunk["choices"]
-                    if choices and choices[0]["delta"].get("content"):
-                        arrivals.at.append(now)
-            return arrivals
+            async with client.stream("POST", endpoint, json=sse_request(i)) as response:
+                return await read_sse(response)
 
         return list(await asyncio.gather(*(read(i) for i in range(streams))))
+
+
+def sse_request(i: int) -> dict[str, Any]:
+    """The body of a streamed chat call made over HTTP (direct, or through a gateway)."""
+    return {**chat_request(i), "model": MODEL, "stream_options": {"include_usage": True}}
+
+
+async def read_sse(response: httpx.Response) -> Arrivals:
+    """The arrival time of each chunk with text of an OpenAI chat SSE stream; the completion
+    id is the chunks' `id`."""
+    response.raise_for_status()
+    arrivals = Arrivals("", [], [])
+    async for line in response.aiter_lines():
+        now = time.time()
+        if not line.startswith("data: {"):
+            continue
+        chunk = json.loads(line[len("data: "):])
+        arrivals.completion_id = chunk["id"]
+        choices = chunk["choices"]
+        if choices and choices[0]["delta"].get("content"):
+            arrivals.at.append(now)
+    return arrivals
 
 
 async def mpq_round(client: AsyncClient, proxy: str, streams: int) -> list[Arrivals]:

@@ -131,7 +131,8 @@ class JobRecord(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    JSON_FIELDS: ClassVar[frozenset[str]] = frozenset({"request", "result", "errors", "usage"})
+    JSON_FIELDS: ClassVar[frozenset[str]] = frozenset({"request", "result", "errors", "usage",
+                                                       "upstream_error"})
 
     id: Text = Field(default_factory=new_id, min_length=1)
     kind: JobKind
@@ -143,6 +144,11 @@ class JobRecord(BaseModel):
     error: Text | None = None
     errors: list[Text] = Field(default_factory=list)  # one per failed attempt, in order
     usage: dict[str, Any] | None = None
+    # What the upstream said to the latest attempt: its request id (success or failure), and
+    # when it refused the request, the HTTP status and its error object (OpenAI's `error`).
+    upstream_request_id: Text | None = None
+    upstream_status: int | None = None
+    upstream_error: dict[str, Any] | None = None
     batch_id: Text | None = None
     custom_id: Text | None = None
     created_at: float = Field(default_factory=time.time)

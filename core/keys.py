@@ -17,6 +17,15 @@ Layout (``P`` is the prefix, ``mpq:`` by default)::
     P reader:{id}:wake      stream  wakes one stream reader's blocking read
     P lock:{name}           string  distributed locks
     P metrics               hash    counters for the metrics exporter
+    P gw:key:{digest}       string  a gateway API key's id, by the key's SHA-256
+    P gw:keys               hash    gateway API key ids to their description (JSON)
+    P gw:file:{id}          hash    a gateway file: its OpenAI file object and owner
+    P gw:file:{id}:data     list    a gateway file's content, in pieces
+    P gw:files:{owner}      zset    one API key's files by creation time
+    P gw:batch:{id}         hash    a gateway batch: its OpenAI batch object and owner
+    P gw:batches:{owner}    zset    one API key's batches by creation time
+    P gw:batches:open       zset    gateway batches not ended yet, by expiry time
+    P gw:interactive        zset    the gateway's direct-call jobs in flight, by start time
     P broker:{queue}        list    Celery's Redis broker: a queue's messages
     P broker:unacked        hash    Celery's Redis broker: messages taken, not acked yet
     P broker:…              any     the rest of the broker's keys (kombu names them)
@@ -105,6 +114,34 @@ class Keys:
 
     def lock(self, name: str) -> str:
         return f"{self.prefix}lock:{_part(name, 'lock name')}"
+
+    def gateway_key(self, digest: str) -> str:
+        """A gateway API key's id, found by the SHA-256 of the key (the key is not kept)."""
+        return f"{self.prefix}gw:key:{_part(digest, 'key digest')}"
+
+    def gateway_keys(self) -> str:
+        return f"{self.prefix}gw:keys"
+
+    def gateway_file(self, file_id: str) -> str:
+        return f"{self.prefix}gw:file:{_part(file_id, 'file id')}"
+
+    def gateway_file_data(self, file_id: str) -> str:
+        return f"{self.gateway_file(file_id)}:data"
+
+    def gateway_files(self, owner: str) -> str:
+        return f"{self.prefix}gw:files:{_part(owner, 'owner')}"
+
+    def gateway_batch(self, batch_id: str) -> str:
+        return f"{self.prefix}gw:batch:{_part(batch_id, 'batch id')}"
+
+    def gateway_batches(self, owner: str) -> str:
+        return f"{self.prefix}gw:batches:{_part(owner, 'owner')}"
+
+    def gateway_open_batches(self) -> str:
+        return f"{self.prefix}gw:batches:open"
+
+    def gateway_interactive(self) -> str:
+        return f"{self.prefix}gw:interactive"
 
     def metrics(self) -> str:
         """The hash of counters the workers add to and the exporter reads."""

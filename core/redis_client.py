@@ -16,16 +16,18 @@ DEFAULT_REDIS_CONNECTIONS = 64
 
 
 def redis_client(
-    url: str, max_connections: int = DEFAULT_REDIS_CONNECTIONS, retries: int = REDIS_RETRIES
+    url: str, max_connections: int = DEFAULT_REDIS_CONNECTIONS, retries: int = REDIS_RETRIES,
+    *, decode: bool = True,
 ) -> aioredis.Redis:
     """A client that rides out a Redis restart (reconnects with backoff), whose pool makes
     callers wait for a connection instead of failing when all are busy, and that sends each
-    loop iteration's commands as one pipeline (core/internals/autopipeline.py)."""
+    loop iteration's commands as one pipeline (core/internals/autopipeline.py). Replies are
+    text unless `decode` is False (for content that is bytes, cut anywhere)."""
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
         timeout=None,
-        decode_responses=True,
+        decode_responses=decode,
         health_check_interval=10,
         socket_connect_timeout=5,
         retry=Retry(ExponentialBackoff(cap=5.0, base=0.1), retries),

@@ -131,6 +131,39 @@ class Settings(BaseSettings):
     )
     metrics_port: int = Field(default=9640, ge=0, le=65535, description="Exporter port.")
 
+    gateway_address: str = Field(
+        default="127.0.0.1",
+        description="`mpq gateway` (the OpenAI-compatible API) binds here; a non-loopback "
+        "address needs API keys.",
+    )
+    gateway_port: int = Field(default=9650, ge=0, le=65535, description="The gateway's port.")
+    gateway_default_proxy: str | None = Field(
+        default=None,
+        description="Gateway: the proxy of a request whose model no proxy claims (unset: such "
+        "a request is refused).",
+    )
+    gateway_max_interactive: int = Field(
+        default=1000, ge=1,
+        description="Gateway: direct calls in flight at once; past it they get 429 with "
+        "Retry-After.",
+    )
+    gateway_call_timeout_s: float = Field(
+        default=900.0, gt=0,
+        description="Gateway: longest wait of a direct call for its job (then 504, job "
+        "cancelled).",
+    )
+    gateway_max_file_bytes: int = Field(
+        default=200 * 1024 * 1024, gt=0, description="Gateway: largest upload (OpenAI's limit)."
+    )
+    gateway_max_file_lines: int = Field(
+        default=50_000, gt=0, description="Gateway: most requests in one batch input file."
+    )
+    gateway_webhook_hosts: str = Field(
+        default="",
+        description="Gateway: comma-separated host names a batch's completion webhook may call "
+        "(empty: webhooks are refused).",
+    )
+
     def environment(self) -> dict[str, str]:
         """The variables that give another process these settings, secrets in clear: for a
         child's environment, never for a screen or a log."""

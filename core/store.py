@@ -337,14 +337,21 @@ class JobStore:
         usage: dict[str, Any] | None = None,
         last_chunk: ChunkEntry | None = None,
         vectors: bytes = b"",
+        upstream_request_id: str | None = None,
+        upstream_status: int | None = None,
+        upstream_error: dict[str, Any] | None = None,
     ) -> bool:
         """Write the final state; True only for the one call that wrote it. `last_chunk`
         (a stream's `done`) goes to the job's chunk stream in the same step, and only then;
         so do an embeddings job's `vectors` (raw bytes) to their own key, in pieces that
-        fill the server's allocations (core/internals/alloc_fit.py)."""
+        fill the server's allocations (core/internals/alloc_fit.py), and what the upstream
+        said to this attempt (the `upstream_*` fields of `JobRecord`)."""
         if status not in FINAL:
             raise ValueError(f"finish needs a final status, not {status!r}")
-        fields = {"result": _json(result), "error": error, "usage": _json(usage)}
+        fields = {"result": _json(result), "error": error, "usage": _json(usage),
+                  "upstream_request_id": upstream_request_id,
+                  "upstream_status": None if upstream_status is None else str(upstream_status),
+                  "upstream_error": _json(upstream_error)}
         entry = _pairs(last_chunk.to_redis()) if last_chunk else []
         return await self._finish_job(job_id, str(attempt), status, error, fields,
                                       entry=entry, vectors=vectors)

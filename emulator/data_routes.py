@@ -8,6 +8,10 @@ each later token), whole or as SSE with one frame per token. Its length is the p
 emulator's `reply_tokens` when set (else short and varying), cut by the request's max tokens.
 A runaway fault (`emulator.faults`) sends it padded, endless or dripping instead.
 
+Every answer of these routes, error or not, carries `x-request-id`: the id an OpenAI-compatible
+model server gives each request (`req_` and 32 hex digits), besides AgentRun's own
+`x-acs-request-id` (added to every answer by `emulator.middleware`).
+
 Embeddings take the same path, with no stream: their prompt tokens count against the token
 limits, they hold a concurrency slot for `ttft_s` (one forward pass), and their vectors are
 `settings.dimensions_of(model)` long unless the request asks for fewer.
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -87,6 +92,7 @@ DATA_RESPONSES: dict[int | str, dict[str, Any]] = {
 MAX_BODY_BYTES = 16 * 1024 * 1024
 router = APIRouter(responses=DATA_RESPONSES, max_body_size=MAX_BODY_BYTES)
 JSON = "application/json"
+MODEL_REQUEST_ID_HEADER = "x-request-id"
 UNPACED_YIELD_EVERY = 64  # token frames
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -133,6 +139,7 @@ async def _serve(
         response = await answer()
     except WireError as error:
         response = Response(json_bytes(error.body()), error.status, error.headers, JSON)
+    response.headers[MODEL_REQUEST_ID_HEADER] = f"req_{uuid.uuid4().hex}"
     record_data_request(request, name, response.status_code)
     return response
 

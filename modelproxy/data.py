@@ -4,14 +4,17 @@ Every real request is authenticated at send time: AGENTRUN4 signature with AK/SK
 inbound API key, else nothing (Q8, Q9). `include_usage` is set only for streaming chat (Q10).
 `ResponseLimits` caps what one answer may bring: bodies are read in pieces and counted, so
 an answer past a cap fails with `ResponseTooLargeError` holding no more than the cap.
+Every answer tells the upstream's request id: a whole one as its `request_id`, a stream as
+its `AnswerStream.request_id`.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -19,6 +22,7 @@ from httpx_sse import EventSource, ServerSentEvent
 
 from modelproxy.auth import AgentrunRamAuth, ApiKeyAuth
 from modelproxy.config import Config
+from modelproxy.errors import request_id_of
 from modelproxy.inference import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -27,7 +31,10 @@ from modelproxy.inference import (
     ResponseStreamEvent,
 )
 from modelproxy.sse import chat_chunks, limited_events, response_events
-from modelproxy.transport import fetch, limited_response, mapped_transport_errors, open_response
+from modelproxy.transport import limited_response, mapped_transport_errors, open_response, read_body
+
+ItemT = TypeVar("ItemT")
+AnswerT = TypeVar("AnswerT", ChatCompletion, ResponseObject, EmbeddingResponse)
 
 
 def chat_body(
@@ -86,6 +93,27 @@ class ResponseLimits:
 NO_LIMITS = ResponseLimits()
 
 
+class AnswerStream(AsyncIterator[ItemT], Generic[ItemT]):
+    """A streamed answer: its items, and the upstream's `request_id` once the answer has
+    begun (None before the first item, or when the server sent none). `async for` runs the
+    items' own generator (`__aiter__` hands it out): nothing is added per item."""
+
+    def __init__(
+        self, items: Callable[[AnswerStream[ItemT]], AsyncGenerator[ItemT, None]]
+    ) -> None:
+        self.request_id: str | None = None
+        self._items = items(self)
+
+    def __aiter__(self) -> AsyncIterator[ItemT]:
+        return self._items
+
+    async def __anext__(self) -> ItemT:
+        return await anext(self._items)
+
+    async def aclose(self) -> None:
+        await self._items.aclose()
+
+
 class DataAPI:
     """Inference calls for one proxy and one resolved `Config`."""
 
@@ -101,36 +129,47 @@ class DataAPI:
         return f"{self._config.get_data_endpoint()}/models/{name}/v1"
 
     async def chat(self, body: dict[str, Any]) -> ChatCompletion:
-        return ChatCompletion.model_validate(await self._post("/chat/completions", body))
+        return await self._post("/chat/completions", body, ChatCompletion)
 
-    async def chat_stream(self, body: dict[str, Any]) -> AsyncIterator[ChatCompletionChunk]:
+    def chat_stream(self, body: dict[str, Any]) -> AnswerStream[ChatCompletionChunk]:
+        return AnswerStream(partial(self._chat_chunks, body))
+
+    async def responses(self, body: dict[str, Any]) -> ResponseObject:
+        return await self._post("/responses", body, ResponseObject)
+
+    def responses_stream(self, body: dict[str, Any]) -> AnswerStream[ResponseStreamEvent]:
+        return AnswerStream(partial(self._response_events, body))
+
+    async def embeddings(self, body: dict[str, Any]) -> EmbeddingResponse:
+        return await self._post("/embeddings", body, EmbeddingResponse)
+
+    async def _chat_chunks(
+        self, body: dict[str, Any], stream: AnswerStream[ChatCompletionChunk]
+    ) -> AsyncGenerator[ChatCompletionChunk, None]:
         async with self._stream("/chat/completions", body) as response:
+            stream.request_id = request_id_of(response.headers)
             with mapped_transport_errors(streaming=True):
                 async for chunk in chat_chunks(self._events(response)):
                     yield chunk
 
-    async def responses(self, body: dict[str, Any]) -> ResponseObject:
-        return ResponseObject.model_validate(await self._post("/responses", body))
-
-    async def responses_stream(
-        self, body: dict[str, Any]
-    ) -> AsyncIterator[ResponseStreamEvent]:
+    async def _response_events(
+        self, body: dict[str, Any], stream: AnswerStream[ResponseStreamEvent]
+    ) -> AsyncGenerator[ResponseStreamEvent, None]:
         async with self._stream("/responses", body) as response:
+            stream.request_id = request_id_of(response.headers)
             with mapped_transport_errors(streaming=True):
                 async for event in response_events(self._events(response)):
                     yield event
 
-    async def embeddings(self, body: dict[str, Any]) -> EmbeddingResponse:
-        return EmbeddingResponse.model_validate(await self._post("/embeddings", body))
-
-    async def _post(self, path: str, body: dict[str, Any]) -> Any:
-        """The decoded JSON answer."""
-        content = await fetch(
+    async def _post(self, path: str, body: dict[str, Any], answer: type[AnswerT]) -> AnswerT:
+        """The JSON answer as `answer`, with the request id its headers gave."""
+        async with open_response(
             self._config, "POST", self.base_url() + path, json_body=body,
             headers=self._config.get_headers(), auth=data_auth(self._config),
-            max_body_bytes=self._limits.max_body_bytes,
-        )
-        return json.loads(content)
+        ) as response:
+            content = await read_body(response, self._limits.max_body_bytes)
+        return answer.model_validate(json.loads(content)).with_request_id(
+            request_id_of(response.headers))
 
     def _stream(self, path: str, body: dict[str, Any]) -> Any:
         headers = {**self._config.get_headers(), "accept": "text/event-stream"}

@@ -64,6 +64,7 @@ __all__ = [
     "WaitTimeoutError",
     "error_from_response",
     "parse_retry_after_s",
+    "request_id_of",
 ]
 
 MAX_RETRY_AFTER_S = 24 * 3600.0
@@ -261,6 +262,12 @@ def _parse_delay(raw: str, scale: float, now_s: float | None) -> float | None:
     return when.timestamp() - (time.time() if now_s is None else now_s)
 
 
+def request_id_of(headers: Mapping[str, str]) -> str | None:
+    """The id the server gave a request: `x-request-id` (OpenAI's header, the model server's
+    id behind a gateway), else `x-acs-request-id` (AgentRun's own); None without either."""
+    return headers.get("x-request-id") or headers.get("x-acs-request-id") or None
+
+
 def _body_fields(body: Any) -> tuple[str | None, str | None, str | None]:
     """(code, message, request id) from an AgentRun or OpenAI-style error body."""
     if not isinstance(body, dict):
@@ -288,7 +295,7 @@ def error_from_response(
     code, message, request_id = _body_fields(body)
     if message is None:
         message = body.strip()[:300] if isinstance(body, str) and body.strip() else "no message"
-    request_id = request_id or headers.get("x-acs-request-id") or headers.get("x-request-id")
+    request_id = request_id or request_id_of(headers)
     cls: type[HTTPError]
     if status_code in (400, 409, 500) and "already exist" in message.lower():
         cls = ResourceAlreadyExistError

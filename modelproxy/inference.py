@@ -1,20 +1,36 @@
 """Typed OpenAI-compatible inference payloads (chat completions, the Responses API and
 embeddings).
 
-Field names are the wire's own (snake_case); unknown fields are kept.
+Field names are the wire's own (snake_case); unknown fields are kept. A whole answer also
+carries the upstream's `request_id` (from the answer's headers, never dumped with its fields).
 """
 
 from __future__ import annotations
 
 import base64
 import struct
-from typing import Any
+from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 
 class _Open(BaseModel):
     model_config = ConfigDict(extra="allow")
+
+
+class _Answer(_Open):
+    """A whole answer: its fields, and the id the upstream gave its request."""
+
+    _request_id: str | None = PrivateAttr(default=None)
+
+    @property
+    def request_id(self) -> str | None:
+        """The upstream's id of the request (`modelproxy.errors.request_id_of`), if it sent one."""
+        return self._request_id
+
+    def with_request_id(self, request_id: str | None) -> Self:
+        self._request_id = request_id
+        return self
 
 
 class Usage(_Open):
@@ -34,7 +50,7 @@ class ChatChoice(_Open):
     finish_reason: str | None = None
 
 
-class ChatCompletion(_Open):
+class ChatCompletion(_Answer):
     id: str = ""
     object: str = "chat.completion"
     created: int = 0
@@ -87,7 +103,7 @@ class ResponseUsage(_Open):
     total_tokens: int = 0
 
 
-class ResponseObject(_Open):
+class ResponseObject(_Answer):
     id: str = ""
     object: str = "response"
     status: str | None = None
@@ -141,7 +157,7 @@ class Embedding(_Open):
         return list(struct.unpack(f"<{len(raw) // 4}f", raw))
 
 
-class EmbeddingResponse(_Open):
+class EmbeddingResponse(_Answer):
     object: str = "list"
     data: list[Embedding] = Field(default_factory=list)
     model: str = ""

@@ -185,23 +185,6 @@ async def open_response(
         await response.aclose()
 
 
-async def fetch(
-    config: Config,
-    method: str,
-    url: str,
-    *,
-    json_body: Any = None,
-    headers: Mapping[str, str] | None = None,
-    auth: httpx.Auth | None = None,
-    max_body_bytes: int | None = None,
-) -> bytes:
-    """One request's decoded body; past `max_body_bytes` raises `ResponseTooLargeError`."""
-    async with open_response(
-        config, method, url, json_body=json_body, headers=headers, auth=auth
-    ) as response:
-        return await read_body(response, max_body_bytes)
-
-
 async def read_body(response: httpx.Response, max_bytes: int | None = None) -> bytes:
     """The decoded body, read piece by piece (`aread` would hold all of it first). Past
     `max_bytes` it raises `ResponseTooLargeError` holding no more than that; a declared
@@ -330,7 +313,6 @@ __all__ = [
     "HTTPError",
     "close_shared_clients",
     "deadline",
-    "fetch",
     "limited_bytes",
     "limited_response",
     "mapped_transport_errors",

@@ -4,7 +4,8 @@ Input: one JSON object per line, ``{"custom_id", "method": "POST", "url", "body"
 optional ``"proxy"`` key. `parse_batch` checks every line and never raises: each non-blank
 line becomes either a `BatchLine` or a `LineError`, so a caller can report every problem at
 once. Output: `output_line` for a job that succeeded, `error_line` for one that failed or was
-cancelled, `error_line_for_invalid` for a line that never ran.
+cancelled, `error_line_for_invalid` for a line that never ran. A line's `response.request_id`
+is the upstream's id of the request (the job's id where the upstream sent none).
 """
 
 from __future__ import annotations
@@ -30,6 +31,13 @@ DEFAULT_MAX_LINE_BYTES = 1_000_000
 _SHOW_MAX_CHARS = 60
 _ALLOWED_URLS = ", ".join(list(URL_KINDS)[:-1]) + " or " + list(URL_KINDS)[-1]
 _BOM = "\ufeff"
+# The error codes of a line cancelled before it ended (OpenAI's), and the message of each.
+CANCELLED_CODE = "batch_cancelled"
+EXPIRED_CODE = "batch_expired"
+NOT_RUN_MESSAGES = {
+    CANCELLED_CODE: "This request was cancelled before it completed.",
+    EXPIRED_CODE: "This request could not be executed before the completion window expired.",
+}
 # A failed job's error reads "attempt 2: ServerError: HTTP 503: ..." (worker.retry.describe).
 _ERROR_CLASS = re.compile(r"(?:attempt \d+: )?([A-Z][A-Za-z0-9_]*): ")
 
@@ -483,8 +491,13 @@ def parse_batch(
 # ---- output --------------------------------------------------------------------------------
 
 
-def _request_id(record: JobRecord) -> str:
+def _line_id(record: JobRecord) -> str:
     return f"batch_req_{record.id}"
+
+
+def _upstream_request_id(record: JobRecord) -> str:
+    """The upstream's id of the request, or the job's id where the upstream gave none."""
+    return record.upstream_request_id or record.id
 
 
 def output_line(record: JobRecord) -> dict[str, Any]:
@@ -492,32 +505,49 @@ def output_line(record: JobRecord) -> dict[str, Any]:
     if record.status is not JobStatus.SUCCEEDED:
         raise ValueError(f"job {record.id} is {record.status.value}, not succeeded")
     return {
-        "id": _request_id(record),
+        "id": _line_id(record),
         "custom_id": record.custom_id,
-        "response": {"status_code": 200, "request_id": record.id, "body": record.result},
+        "response": {"status_code": 200, "request_id": _upstream_request_id(record),
+                     "body": record.result},
         "error": None,
     }
 
 
 def error_code(record: JobRecord) -> str:
-    """``cancelled``, the upstream error class named in the error text, or ``failed``."""
+    """``batch_cancelled``, the upstream error class named in the error text, or ``failed``."""
     if record.status is JobStatus.CANCELLED:
-        return "cancelled"
+        return CANCELLED_CODE
     match = _ERROR_CLASS.match(record.error or "")
     return match.group(1) if match else "failed"
 
 
-def error_line(record: JobRecord) -> dict[str, Any]:
-    """The errors-file line of a job that did not succeed; ValueError for one that did."""
+def error_line(record: JobRecord, cancelled_code: str = CANCELLED_CODE) -> dict[str, Any]:
+    """The errors-file line of a job that did not succeed; ValueError for one that did.
+
+    As OpenAI writes them: a job the upstream refused has the upstream's answer as its
+    `response` (its status and error object) and no `error`; a cancelled job never ran to
+    its end, so it has no `response` and its `error.code` is `cancelled_code` (e.g.
+    ``batch_expired`` for a job cancelled because its batch expired); any other failure (no
+    answer from the upstream, or a limit of ours) has no `response` and says what failed."""
     if record.status is JobStatus.SUCCEEDED:
         raise ValueError(f"job {record.id} succeeded; use output_line")
-    fallback = "cancelled" if record.status is JobStatus.CANCELLED else record.status.value
-    return {
-        "id": _request_id(record),
-        "custom_id": record.custom_id,
-        "response": None,
-        "error": {"code": error_code(record), "message": record.error or fallback},
-    }
+    if record.status is JobStatus.CANCELLED:
+        message = NOT_RUN_MESSAGES.get(cancelled_code, NOT_RUN_MESSAGES[CANCELLED_CODE])
+        return _error_line(record, None, {"code": cancelled_code, "message": message})
+    if record.upstream_status is not None:
+        response = {"status_code": record.upstream_status,
+                    "request_id": _upstream_request_id(record),
+                    "body": {"error": record.upstream_error}}
+        return _error_line(record, response, None)
+    error = {"code": error_code(record), "message": record.error or record.status.value}
+    return _error_line(record, None, error)
+
+
+def _error_line(
+    record: JobRecord, response: dict[str, Any] | None, error: dict[str, Any] | None
+) -> dict[str, Any]:
+    return {"id": _line_id(record), "custom_id": record.custom_id, "response": response,
+            "error": error}
 
 
 def error_line_for_invalid(error: LineError) -> dict[str, Any]:

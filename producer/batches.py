@@ -7,20 +7,24 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 from typing import Any
 
+from celery import Celery
+
 from core.contract import BatchRecord, BatchStatus, JobRecord, JobStatus
-from core.dispatch import cancel_batch
+from core.dispatch import ENQUEUE_ROUND, cancel_batch, enqueue
 from core.store import JobStore
 from modelproxy.portal import iterate_sync, run_sync
-from producer.batch_format import error_line, output_line
+from producer.batch_format import CANCELLED_CODE, error_line, output_line
 from producer.embeddings import with_vectors
 
 PAGE = 1000
 # Succeeded jobs whose vectors are read (and decoded) at a time: a few MB, not a whole page.
 VECTORS_GROUP = 32
 WAIT_INTERVAL_S = 0.5
+# The jobs whose lines go to the errors file, and that `retry_records` runs again.
+RETRIED = frozenset({JobStatus.FAILED, JobStatus.CANCELLED})
 
 Progress = Callable[[BatchRecord], None]
 
@@ -28,6 +32,22 @@ Progress = Callable[[BatchRecord], None]
 class BatchNotFoundError(LookupError):
     def __init__(self, batch_id: str) -> None:
         super().__init__(f"no batch {batch_id} (unknown, or its results expired)")
+
+
+async def enqueue_from(store: JobStore, celery: Celery, records: AsyncIterable[JobRecord],
+                       batch_id: str) -> int:
+    """Add jobs to a batch its producer holds open (`open_batch`, `seal_batch` after) as they
+    come, a round at a time, never all in memory; returns how many."""
+    added = 0
+    round_: list[JobRecord] = []
+    async for record in records:
+        round_.append(record)
+        if len(round_) == ENQUEUE_ROUND:
+            added += len(await enqueue(store, celery, round_, batch_id))
+            round_ = []
+    if round_:
+        added += len(await enqueue(store, celery, round_, batch_id))
+    return added
 
 
 class AsyncBatch:
@@ -81,13 +101,24 @@ class AsyncBatch:
                 for record in await with_vectors(self._store, done[start:start + VECTORS_GROUP]):
                     yield output_line(record)
 
-    async def errors(self) -> AsyncIterator[dict[str, Any]]:
-        """Lines refused at submission, then failed and cancelled jobs."""
+    async def errors(self, cancelled_code: str = CANCELLED_CODE,
+                     ) -> AsyncIterator[dict[str, Any]]:
+        """Lines refused at submission, then failed and cancelled jobs (the cancelled ones
+        with error code `cancelled_code`)."""
         for raw in await self._store.invalid_lines(self.id):
             yield json.loads(raw)
         async for record in self.records():
-            if record.status in (JobStatus.FAILED, JobStatus.CANCELLED):
-                yield error_line(record)
+            if record.status in RETRIED:
+                yield error_line(record, cancelled_code=cancelled_code)
+
+    async def retry_records(self) -> AsyncIterator[JobRecord]:
+        """New jobs for those that failed or were cancelled, in input order: the same kind,
+        proxy, request and custom_id (lines refused at submission would fail again: not
+        these)."""
+        async for record in self.records():
+            if record.status in RETRIED:
+                yield JobRecord(kind=record.kind, proxy=record.proxy, request=record.request,
+                                custom_id=record.custom_id)
 
     async def cancel(self) -> int:
         """Cancel every job not final yet; returns how many."""
@@ -114,8 +145,8 @@ class Batch:
     def results(self) -> Iterator[dict[str, Any]]:
         return iterate_sync(self._batch.results())
 
-    def errors(self) -> Iterator[dict[str, Any]]:
-        return iterate_sync(self._batch.errors())
+    def errors(self, cancelled_code: str = CANCELLED_CODE) -> Iterator[dict[str, Any]]:
+        return iterate_sync(self._batch.errors(cancelled_code))
 
     def cancel(self) -> int:
         return run_sync(self._batch.cancel())

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import NoReturn
@@ -14,7 +13,7 @@ import typer
 from core.settings import Settings
 from emulator.synthetic import MAX_REPLY_TOKENS
 from modelproxy import Config, ModelProxyError
-from producer import cli_batch, cli_job, cli_proxy
+from producer import cli_batch, cli_gateway, cli_job, cli_proxy
 from producer.cli_common import (
     EXIT_FAILED,
     EXIT_USAGE,
@@ -23,6 +22,7 @@ from producer.cli_common import (
     client,
     console,
     err_console,
+    exec_module,
     fail,
 )
 from producer.cli_embed import embed_command
@@ -39,6 +39,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(cli_batch.app, name="batch")
+app.add_typer(cli_gateway.app, name="gateway")
 app.add_typer(cli_job.app, name="job")
 app.add_typer(cli_proxy.app, name="proxy")
 app.command("embed")(embed_command)
@@ -184,23 +185,20 @@ def beat(loglevel: str = typer.Option("INFO", help="Log level.")) -> None:
 
 
 def _exec_celery(args: list[str]) -> NoReturn:
-    """Become `celery -A worker.app …` (same pid, so signals reach Celery directly): the
-    command line launches the worker's app, it does not import it."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execv(sys.executable,  # noqa: S606 - our own interpreter and arguments
-             [sys.executable, "-m", "celery", "-A", WORKER_APP, *args])
+    """Become `celery -A worker.app …`: the worker's app is run by name, never imported."""
+    exec_module("celery", ["-A", WORKER_APP, *args])
 
 
 @app.command()
 def up(
     slots: int = typer.Option(200, min=1, help="Worker slots."),
     flower: bool = typer.Option(True, help="Also run Flower."),
+    gateway: bool = typer.Option(True, help="Also run the OpenAI-compatible gateway."),
 ) -> None:
     """Run the whole local stack in the foreground; Ctrl-C stops it all."""
     from producer.up import run_up  # noqa: PLC0415 - keeps `mpq --help` fast
 
-    run_up(slots=slots, with_flower=flower)
+    run_up(slots=slots, with_flower=flower, with_gateway=gateway)
 
 
 @app.command()

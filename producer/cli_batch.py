@@ -164,6 +164,27 @@ def cancel(batch_id: str = typer.Argument(..., help="Batch id.")) -> None:
         console.print(f"cancelled {batch.cancel()} jobs of batch {escape_markup(batch_id)}")
 
 
+@app.command("retry-failed")
+@clean_errors
+def retry_failed(
+    batch_id: str = typer.Argument(..., help="A finished batch."),
+    wait: bool = typer.Option(False, help="Follow the new batch to its end."),
+) -> None:
+    """Run the failed and cancelled jobs of a finished batch again, as a new batch (the
+    same requests, proxies and custom_ids)."""
+    with client() as mpq:
+        batch = mpq.retry_failed(batch_id)
+        console.print(f"batch [bold]{batch.id}[/] submitted")
+        info = batch.info()
+        console.print(f"{info.total} jobs queued (retry of {escape_markup(batch_id)})")
+        if not wait:
+            return
+        final = follow(batch, info.total)
+        console.print(_counts(final))
+        if final.counts.get(JobStatus.FAILED, 0):
+            raise typer.Exit(EXIT_FAILED)
+
+
 @app.command("list")
 @clean_errors
 def list_batches(limit: int = typer.Option(20, min=1, help="How many, newest first.")) -> None:

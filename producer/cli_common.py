@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import typer
@@ -85,6 +86,15 @@ def client(settings: Settings | None = None) -> Iterator[Client]:
     resolved = settings or Settings()
     with Client(resolved, connect_retries=1) as mpq:
         yield mpq
+
+
+def exec_module(module: str, args: Sequence[str]) -> NoReturn:
+    """Become `python -m module args…` (same pid, so a service manager's signals reach the
+    server directly): the command line launches a server, it does not import it."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable,  # noqa: S606 - our own interpreter and arguments
+             [sys.executable, "-m", module, *args])
 
 
 def print_json(value: Any) -> None:

@@ -7,12 +7,14 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any, Self
 
+import redis.asyncio as aioredis
 from celery import Celery
 
 from core.celery_app import create_app
 from core.contract import (
     ALL_PROXIES,
     BatchRecord,
+    BatchStatus,
     JobKind,
     JobRecord,
     check_job_proxy,
@@ -33,7 +35,7 @@ from producer.batch_format import (
     error_line_for_invalid,
     parse_batch,
 )
-from producer.batches import AsyncBatch, Batch, BatchNotFoundError
+from producer.batches import AsyncBatch, Batch, BatchNotFoundError, enqueue_from
 from producer.jobs import AsyncJob, Job
 from producer.stream_reader import StreamReader
 
@@ -72,6 +74,11 @@ class AsyncClient:
         self.store = JobStore(self._redis, self.keys, self.settings.result_ttl_s)
         self.celery = celery or create_app(self.settings)
         self._reader = StreamReader(self.store)
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        """The client's connection pool (for front doors that keep state of their own)."""
+        return self._redis
 
     async def aclose(self) -> None:
         await self._reader.aclose()
@@ -175,6 +182,25 @@ class AsyncClient:
         await self.store.seal_batch(batch_id)
         return AsyncBatch(self.store, batch_id), parsed.errors
 
+    async def retry_failed(self, batch_id: str, *, name: str | None = None) -> AsyncBatch:
+        """A new batch of the jobs of a finished batch that failed or were cancelled: the
+        same requests, proxies and custom_ids. `ValueError` if the batch is still running or
+        has nothing to retry."""
+        old = AsyncBatch(self.store, batch_id)
+        if (await old.info()).status != BatchStatus.FINISHED:
+            raise ValueError(f"batch {batch_id} is still running; wait for it or cancel it "
+                             "first")
+        records = old.retry_records()
+        first = await anext(records, None)
+        if first is None:
+            raise ValueError(f"batch {batch_id} has no failed or cancelled jobs to retry")
+        retry_id = new_id()
+        await self.store.open_batch(retry_id, name or f"retry of {batch_id}", [])
+        await enqueue(self.store, self.celery, [first], retry_id)
+        await enqueue_from(self.store, self.celery, records, retry_id)
+        await self.store.seal_batch(retry_id)
+        return AsyncBatch(self.store, retry_id)
+
     def batch(self, batch_id: str) -> AsyncBatch:
         return AsyncBatch(self.store, batch_id)
 
@@ -257,6 +283,9 @@ class Client:
         batch, errors = run_sync(self._client.submit_batch(lines, proxy, strict=strict,
                                                            name=name))
         return Batch(batch), errors
+
+    def retry_failed(self, batch_id: str, *, name: str | None = None) -> Batch:
+        return Batch(run_sync(self._client.retry_failed(batch_id, name=name)))
 
     def batch(self, batch_id: str) -> Batch:
         return Batch(self._client.batch(batch_id))

@@ -1,8 +1,9 @@
 """`mpq demo`: the whole pipeline on a machine with nothing configured.
 
-Starts the local stack (embedded Valkey, emulator, a worker, beat, Flower), creates a proxy
-through a management job, runs a 200-line batch with a progress bar, streams one job's
-tokens live, writes the results file, prints a summary, and stops everything it started.
+Starts the local stack (embedded Valkey, emulator, a worker, beat, Flower, the gateway),
+creates a proxy through a management job, runs a 200-line batch with a progress bar, streams
+one job's tokens live, writes the results file, uses the same proxy through the gateway with
+the official `openai` client, prints a summary, and stops everything it started.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from modelproxy import (
 from producer.batches import Batch
 from producer.cli_batch import follow
 from producer.client import Client
+from producer.demo_gateway import run_gateway_step
+from producer.gateway_keys import create_key, revoke_key
 from producer.local_stack import LocalStack, StackOptions, local_stack
 from producer.terminal import strip_controls
 
@@ -60,15 +63,28 @@ def run_demo(console: Console, redis_url: str | None) -> int:
     started = time.monotonic()
     options = StackOptions(redis_url=redis_url, slots=200, emulator_args=EMULATOR_ARGS)
     console.print("[bold]starting[/] Redis-compatible server, ModelProxy emulator, worker, "
-                  "beat and Flower …")
+                  "beat, Flower and the gateway …")
     with local_stack(options) as stack:
         _print_stack(console, stack)
         with Client(Settings(redis_url=stack.redis_url)) as mpq:
             final, tokens = _pipeline(console, mpq)
+        gateway_ok = _gateway(console, stack)
         elapsed_s = time.monotonic() - started
         _summary(console, final, tokens=tokens, elapsed_s=elapsed_s, stack=stack)
     console.print("[green]demo finished[/]: everything it started is stopped")
-    return 0 if final.counts.get(JobStatus.SUCCEEDED, 0) == final.total else 1
+    return 0 if final.counts.get(JobStatus.SUCCEEDED, 0) == final.total and gateway_ok else 1
+
+
+def _gateway(console: Console, stack: LocalStack) -> bool:
+    """The gateway step, with an API key that lives only as long as the step."""
+    if stack.gateway_url is None:
+        return True
+    settings = Settings(redis_url=stack.redis_url)
+    key, secret = create_key(settings, "mpq demo")
+    try:
+        return run_gateway_step(console, stack.gateway_url, secret, DEMO_MODEL)
+    finally:
+        revoke_key(settings, key.id)
 
 
 def _print_stack(console: Console, stack: LocalStack) -> None:
@@ -76,6 +92,7 @@ def _print_stack(console: Console, stack: LocalStack) -> None:
     console.print(f"  ModelProxy  {stack.modelproxy_url or 'AgentRun (configured)'}")
     console.print(f"  Flower      {stack.flower_url}  (user {stack.flower_user}, "
                   f"password {stack.flower_password})")
+    console.print(f"  Gateway     {stack.gateway_url}  (OpenAI API)")
 
 
 def _pipeline(console: Console, mpq: Client) -> tuple[BatchRecord, int]:

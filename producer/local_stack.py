@@ -1,6 +1,7 @@
 """The whole local stack as real processes: a Redis-compatible server, the ModelProxy
-emulator (unless AgentRun is configured), a worker, beat and Flower. Used by `mpq up` and
-`mpq demo`; everything it started stops on exit, Ctrl-C included."""
+emulator (unless AgentRun is configured), a worker, beat, Flower and the OpenAI-compatible
+gateway. Used by `mpq up` and `mpq demo`; everything it started stops on exit, Ctrl-C
+included."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ class StackOptions:
     slots: int = 200
     with_beat: bool = True
     with_flower: bool = True
+    with_gateway: bool = True
     emulator_args: list[str] = field(default_factory=list)
 
 
@@ -42,6 +44,7 @@ class LocalStack:
     flower_url: str | None
     flower_user: str
     flower_password: str
+    gateway_url: str | None  # its OpenAI base URL (…/v1)
     log_dir: Path
     env: dict[str, str]
 
@@ -50,11 +53,18 @@ def _mpq(*args: str) -> list[str]:
     return [sys.executable, "-m", "producer.cli", *args]
 
 
-def _wait_http(url: str, process: subprocess.Popen[bytes], auth: tuple[str, str] | None) -> None:
+def _not_started(log: Path) -> RuntimeError:
+    tail = log.read_text(errors="replace")[-2000:]
+    return RuntimeError(f"{log.name} did not start:\n{tail}")
+
+
+def _wait_http(url: str, started: tuple[subprocess.Popen[bytes], Path],
+               auth: tuple[str, str] | None) -> None:
+    process, log = started
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"{url}: the process exited with {process.returncode}")
+            raise _not_started(log)
         with contextlib.suppress(httpx.TransportError):
             if httpx.get(url, auth=auth, timeout=1).status_code < 500:
                 return
@@ -66,8 +76,7 @@ def _wait_log(log: Path, marker: bytes, process: subprocess.Popen[bytes]) -> Non
     deadline = time.monotonic() + START_TIMEOUT_S
     while marker not in log.read_bytes():
         if process.poll() is not None or time.monotonic() > deadline:
-            tail = log.read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"{log.name} did not start:\n{tail}")
+            raise _not_started(log)
         time.sleep(0.1)
 
 
@@ -124,12 +133,14 @@ def _start_all(processes: _Processes, options: StackOptions, redis_url: str,
     modelproxy_url = None
     if not uses_real_service(Config()):
         port = free_port()
-        emulator, _ = processes.start("emulator", _mpq(
+        emulator = processes.start("emulator", _mpq(
             "emulator", "--port", str(port), *options.emulator_args))
         modelproxy_url = f"http://127.0.0.1:{port}"
         _wait_http(f"{modelproxy_url}/_emulator/health", emulator, None)
         env.update(AGENTRUN_CONTROL_ENDPOINT=modelproxy_url,
                    AGENTRUN_DATA_ENDPOINT=modelproxy_url)
+    # The gateway starts while the worker does; it is waited for at the end.
+    gateway = _start_gateway(processes) if options.with_gateway else None
     if options.with_flower:
         # Flower turns events on within 5 s; the stack's worker sends them from its first job.
         env["MPQ_TASK_EVENTS"] = "true"
@@ -144,9 +155,22 @@ def _start_all(processes: _Processes, options: StackOptions, redis_url: str,
     if options.with_flower:
         port = free_port()
         env.update(MPQ_FLOWER_USER=user, MPQ_FLOWER_PASSWORD=password)
-        flower, _ = processes.start("flower", _mpq("flower", "--port", str(port)))
+        flower = processes.start("flower", _mpq("flower", "--port", str(port)))
         flower_url = f"http://127.0.0.1:{port}"
         _wait_http(f"{flower_url}/healthcheck", flower, (user, password))
+    if gateway is not None:
+        url, started = gateway
+        _wait_http(f"{url}/health", started, None)
     return LocalStack(redis_url=redis_url, modelproxy_url=modelproxy_url,
                       flower_url=flower_url, flower_user=user, flower_password=password,
+                      gateway_url=f"{gateway[0]}/v1" if gateway else None,
                       log_dir=processes.log_dir, env=env)
+
+
+def _start_gateway(processes: _Processes) -> tuple[str, tuple[subprocess.Popen[bytes], Path]]:
+    """The gateway on loopback (where it starts without keys): its root URL, its process
+    and its log."""
+    port = free_port()
+    started = processes.start("gateway", _mpq("gateway", "--host", "127.0.0.1",
+                                               "--port", str(port)))
+    return f"http://127.0.0.1:{port}", started

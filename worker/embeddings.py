@@ -23,11 +23,13 @@ class BadEmbeddingsAnswer(ModelProxyError):
 
 
 class Embedded(NamedTuple):
-    """A successful call: the record's result, usage, and the vectors to store apart."""
+    """A successful call: the record's result, usage, the vectors to store apart, and the
+    upstream's request id."""
 
     result: dict[str, Any]
     usage: dict[str, Any] | None
     vectors: bytes
+    request_id: str | None = None
 
 
 def embeddings_request(request: dict[str, Any], model: str) -> dict[str, Any]:
@@ -50,4 +52,4 @@ async def embed(data: DataAPI, body: dict[str, Any]) -> Embedded:
         raise BadEmbeddingsAnswer(f"the upstream's vectors cannot be stored: {exc}") from None
     usage = reply.usage.model_dump() if reply.usage is not None else None
     result = stored_result(reply.model, usage, len(ordered), dimensions)
-    return Embedded(result, usage, vectors)
+    return Embedded(result, usage, vectors, reply.request_id)

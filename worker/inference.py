@@ -5,6 +5,9 @@ its concurrency slot is renewed with the job's lease. After: the slot is release
 token estimate reconciled with real usage.
 Streamed chunks go to the job's Redis stream as they arrive.
 
+An error status from the upstream model leaves as `UpstreamRefused` around its `HTTPError`,
+so that the job record can keep what the model said (worker/upstream.py).
+
 Hard limits per attempt (settings): the upstream call's total time, a non-streamed body's
 bytes, a stream's bytes and events. Past one the attempt ends with a `LimitExceededError`,
 never retried: the worker holds no more than the limit, and the slot is free again.
@@ -14,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import AsyncIterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from functools import partial
@@ -24,9 +26,14 @@ from core.contract import ChunkEntry, JobKind, JobRecord
 from core.keys import LimiterKeys
 from core.settings import Settings
 from modelproxy import Status
-from modelproxy.data import DataAPI, ResponseLimits, chat_body, responses_body
-from modelproxy.errors import ConflictError
-from modelproxy.inference import ChatCompletionChunk, ResponseStreamEvent
+from modelproxy.data import AnswerStream, DataAPI, ResponseLimits, chat_body, responses_body
+from modelproxy.errors import ConflictError, HTTPError
+from modelproxy.inference import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ResponseObject,
+    ResponseStreamEvent,
+)
 from modelproxy.sse import RESPONSE_END_EVENTS
 from modelproxy.transport import deadline
 from worker.chunks import ChunkWriter
@@ -34,6 +41,7 @@ from worker.embeddings import embed, embeddings_request
 from worker.proxy_cache import CachedProxy
 from worker.ratelimit import Limits, Permit, estimate_input_tokens, estimate_tokens, merge_limits
 from worker.runtime import Runtime
+from worker.upstream import UpstreamRefused
 
 UNLIMITED = Limits()
 TRANSITIONAL = frozenset({Status.CREATING.value, Status.UPDATING.value})
@@ -62,6 +70,7 @@ class JobResult:
     usage: dict[str, Any] | None = None
     last_chunk: ChunkEntry | None = None  # a stream's `done`, written with the final state
     vectors: bytes = b""  # an embeddings job's, stored apart with the final state
+    request_id: str | None = None  # the upstream's, of the answer
 
 
 def response_limits(settings: Settings) -> ResponseLimits:
@@ -152,16 +161,27 @@ def _used_tokens(kind: JobKind, usage: dict[str, Any] | None) -> int | None:
 async def _call(
     rt: Runtime, job: JobRecord, attempt: int, proxy: str, body: dict[str, Any]
 ) -> JobResult:
+    try:
+        return await _answer(rt, job, attempt, proxy, body)
+    except HTTPError as exc:  # nothing but the inference call answers here
+        raise UpstreamRefused(exc) from exc
+
+
+async def _answer(
+    rt: Runtime, job: JobRecord, attempt: int, proxy: str, body: dict[str, Any]
+) -> JobResult:
     data = DataAPI(proxy, rt.config, response_limits(rt.settings))
     timeout_s = rt.settings.attempt_timeout_s
     if job.kind == JobKind.EMBEDDINGS:
         async with deadline(timeout_s, "attempt"):
             embedded = await embed(data, body)
-        return JobResult(embedded.result, embedded.usage, vectors=embedded.vectors)
+        return JobResult(embedded.result, embedded.usage, vectors=embedded.vectors,
+                         request_id=embedded.request_id)
     if not body.get("stream"):
         async with deadline(timeout_s, "attempt"):
-            reply = await _reply(data, job.kind, body)
-        return JobResult(reply, reply.get("usage"))
+            answer = await _reply(data, job.kind, body)
+        reply = answer.model_dump(exclude_none=True)
+        return JobResult(reply, reply.get("usage"), request_id=answer.request_id)
     writer = rt.chunks.writer(job.id, attempt)
     try:
         async with deadline(timeout_s, "attempt"):
@@ -179,10 +199,12 @@ async def _call(
     return dataclasses.replace(result, last_chunk=done)
 
 
-async def _reply(data: DataAPI, kind: JobKind, body: dict[str, Any]) -> dict[str, Any]:
+async def _reply(
+    data: DataAPI, kind: JobKind, body: dict[str, Any]
+) -> ChatCompletion | ResponseObject:
     if kind == JobKind.CHAT:
-        return (await data.chat(body)).model_dump(exclude_none=True)
-    return (await data.responses(body)).model_dump(exclude_none=True)
+        return await data.chat(body)
+    return await data.responses(body)
 
 
 def _finish_reason(result: JobResult) -> str | None:
@@ -192,7 +214,7 @@ def _finish_reason(result: JobResult) -> str | None:
 
 
 async def _stream_chat(
-    chunks: AsyncIterator[ChatCompletionChunk], writer: ChunkWriter
+    chunks: AnswerStream[ChatCompletionChunk], writer: ChunkWriter
 ) -> JobResult:
     text: list[str] = []
     last: ChatCompletionChunk | None = None
@@ -215,11 +237,11 @@ async def _stream_chat(
                      "message": {"role": "assistant", "content": "".join(text)}}],
         "usage": usage,
     }
-    return JobResult(result, usage)
+    return JobResult(result, usage, request_id=chunks.request_id)
 
 
 async def _stream_responses(
-    events: AsyncIterator[ResponseStreamEvent], writer: ChunkWriter
+    events: AnswerStream[ResponseStreamEvent], writer: ChunkWriter
 ) -> JobResult:
     final: dict[str, Any] = {}
     async for event in events:
@@ -227,4 +249,4 @@ async def _stream_responses(
             writer.delta({"text": event.text})
         if event.response is not None and event.type in RESPONSE_END_EVENTS:
             final = event.response.model_dump(exclude_none=True)
-    return JobResult(final, final.get("usage"))
+    return JobResult(final, final.get("usage"), request_id=events.request_id)

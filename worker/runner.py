@@ -18,6 +18,7 @@ from worker.lease import AttemptStopped
 from worker.management import run_management
 from worker.retry import describe, retry_after_s, retry_delay_s, should_retry
 from worker.runtime import Runtime
+from worker.upstream import UpstreamRefused, error_object
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ async def _attempt(rt: Runtime, job: JobRecord, claim: Claim) -> Outcome:
         # the release gives the number back (a wait is not a try, see core/lua/claim_job.lua).
         await rt.store.release(job.id, claim.attempt)
         return Outcome("later", "waiting", wait.wait_s, str(wait))
-    except (ModelProxyError, ValidationError) as exc:
+    except (UpstreamRefused, ModelProxyError, ValidationError) as exc:
         return await _failed(rt, job, claim, exc)
     except Exception as exc:
         logger.exception("job %s: unexpected error", job.id)
@@ -77,7 +78,8 @@ async def _attempt(rt: Runtime, job: JobRecord, claim: Claim) -> Outcome:
     written = await rt.store.finish(job.id, claim.attempt, JobStatus.SUCCEEDED,
                                     result=succeeded.result, usage=succeeded.usage,
                                     last_chunk=succeeded.last_chunk,
-                                    vectors=succeeded.vectors)
+                                    vectors=succeeded.vectors,
+                                    upstream_request_id=succeeded.request_id)
     rt.metrics.tokens(job.proxy, succeeded.usage)  # the upstream counted them either way
     if not written:
         return Outcome("skip", "stopped", message="final write refused: cancelled or superseded")
@@ -102,7 +104,11 @@ async def _execute(rt: Runtime, job: JobRecord, attempt: int) -> JobResult:
     return await run_inference(rt, job, attempt)
 
 
-async def _failed(rt: Runtime, job: JobRecord, claim: Claim, exc: BaseException) -> Outcome:
+async def _failed(rt: Runtime, job: JobRecord, claim: Claim, failure: BaseException) -> Outcome:
+    # The upstream model's error answer is judged as any other error, and kept in the record
+    # if the job ends here.
+    refused = failure.error if isinstance(failure, UpstreamRefused) else None
+    exc = failure if refused is None else refused
     message = describe(exc, claim.attempt)
     rt.metrics.attempt_failed(job.proxy, exc)
     if isinstance(exc, RateLimitedError):
@@ -117,5 +123,11 @@ async def _failed(rt: Runtime, job: JobRecord, claim: Claim, exc: BaseException)
         )
         await rt.store.mark_retrying(job.id, claim.attempt, message, delay_s)
         return Outcome("later", JobStatus.RETRYING.value, delay_s, message)
-    await rt.store.finish(job.id, claim.attempt, JobStatus.FAILED, error=message)
+    if refused is None:
+        await rt.store.finish(job.id, claim.attempt, JobStatus.FAILED, error=message)
+    else:
+        await rt.store.finish(job.id, claim.attempt, JobStatus.FAILED, error=message,
+                              upstream_request_id=refused.request_id,
+                              upstream_status=refused.status_code,
+                              upstream_error=error_object(refused))
     return Outcome("done", JobStatus.FAILED.value, message=message)

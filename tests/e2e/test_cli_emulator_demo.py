@@ -121,22 +121,28 @@ def test_emulator_takes_api_keys_from_the_environment_and_a_file(tmp_path: Path)
 
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("AGENTRUN_", "REDIS_URL", "MPQ_"))}
+           if not k.startswith(("AGENTRUN_", "REDIS_URL", "MPQ_", "OPENAI_"))}
     result = subprocess.run([MPQ, "demo"], capture_output=True, text=True, timeout=120,
                             check=False, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "is READY" in result.stdout
     assert "200: 200 succeeded, 0 failed" in result.stdout
+    # The gateway step: the official `openai` client, a chat and a whole batch.
+    assert "chat.completions.create →" in result.stdout
+    assert "batches.retrieve → completed: 10 of 10 lines succeeded" in result.stdout
+    assert "files.content → 10 output lines" in result.stdout
     assert "demo finished" in result.stdout
     lines = (tmp_path / "mpq-demo-results.jsonl").read_text().splitlines()
     assert len({json.loads(line)["custom_id"] for line in lines}) == 200
 
 
-def test_up_prints_no_secret_and_writes_them_to_a_private_file(tmp_path: Path) -> None:
-    """`mpq up` shows masked URLs and where the env file is; the file (0600) has the URL
-    with its password, and the login, for another shell to source."""
+def test_up_prints_no_secret_but_its_gateway_key_and_writes_them_to_a_private_file(
+        tmp_path: Path) -> None:
+    """`mpq up` shows masked URLs, the gateway's base URL and a key made for it (what a user
+    pastes into a client), and where the env file is; the file (0600) has the URL with its
+    password, the login, and the gateway's URL and key as the OpenAI clients read them."""
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("AGENTRUN_", "REDIS_URL", "MPQ_"))}
+           if not k.startswith(("AGENTRUN_", "REDIS_URL", "MPQ_", "OPENAI_"))}
     out = tmp_path / "up.out"
     with out.open("wb") as sink:
         up = subprocess.Popen([MPQ, "up", "--slots", "4"], stdout=sink, stderr=subprocess.STDOUT,
@@ -149,17 +155,33 @@ def test_up_prints_no_secret_and_writes_them_to_a_private_file(tmp_path: Path) -
         assert found, printed
         env_file = Path(found.group(1))
         assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
-        values = dict(re.findall(r"^export (\w+)=(.*)$", env_file.read_text(), re.MULTILINE))
-        url = shlex.split(values["MPQ_REDIS_URL"])[0]
+        values = {name: shlex.split(value)[0] for name, value in
+                  re.findall(r"^export (\w+)=(.*)$", env_file.read_text(), re.MULTILINE)}
+        url = values["MPQ_REDIS_URL"]
         password = urlparse(url).password
-        flower_password = shlex.split(values["MPQ_FLOWER_PASSWORD"])[0]
+        flower_password = values["MPQ_FLOWER_PASSWORD"]
         assert password and flower_password
         assert password not in printed and flower_password not in printed
         assert "redis://***:***@127.0.0.1:" in printed
         with redis.Redis.from_url(url) as client:
             assert client.ping()
+        _check_gateway(printed, values)
     finally:
         up.send_signal(signal.SIGTERM)
         up.wait(60)
     assert up.returncode == 0, out.read_text()
     assert not env_file.exists()  # it went with the stack's private directory
+
+
+def _check_gateway(printed: str, values: dict[str, str]) -> None:
+    """The printed base URL and key are the file's, and an OpenAI client gets in with them."""
+    base_url = re.search(r"Gateway\s+(http://127\.0\.0\.1:\d+/v1)", printed)
+    key = re.search(r"API key\s+(sk-mpq-\S+)", printed)
+    assert base_url and key, printed
+    assert values["OPENAI_BASE_URL"] == base_url.group(1)
+    assert values["OPENAI_API_KEY"] == key.group(1)
+    listed = httpx.get(f"{base_url.group(1)}/models",
+                       headers={"Authorization": f"Bearer {key.group(1)}"})
+    assert listed.status_code == 200, listed.text
+    assert listed.json()["object"] == "list"
+    assert httpx.get(f"{base_url.group(1)}/models").status_code == 401

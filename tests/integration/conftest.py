@@ -18,6 +18,8 @@ from core.keys import Keys
 from core.redis_client import redis_client
 from core.settings import Settings
 from core.store import JobStore
+from emulator.server import EmulatorServer
+from emulator.settings import EmulatorSettings
 
 
 @pytest.fixture(scope="session")
@@ -26,6 +28,15 @@ def redis_url() -> Iterator[str]:
     server shared by the whole session."""
     with redis_server(os.environ.get("REDIS_URL") or None) as url:
         yield url
+
+
+@pytest.fixture(scope="module")
+def emulator() -> Iterator[EmulatorServer]:
+    """An emulator whose proxies are ready at once; modules that need others define their
+    own `emulator`."""
+    settings = EmulatorSettings(create_delay_s=0.05, update_delay_s=0.05, delete_delay_s=0.05)
+    with EmulatorServer(settings=settings) as server:
+        yield server
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import re
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
@@ -36,7 +37,7 @@ from modelproxy import (
     ServerError,
     StreamInterruptedError,
 )
-from modelproxy.data import DataAPI, ResponseLimits, chat_body, responses_body
+from modelproxy.data import DataAPI, ResponseLimits, chat_body, embeddings_body, responses_body
 from modelproxy.errors import DeadlineExceededError, ResponseTooLargeError
 from modelproxy.transport import deadline
 
@@ -339,6 +340,29 @@ async def test_a_drip_outlives_no_deadline(
                 [c async for c in data.chat_stream(chat_body(MESSAGES, "m1", stream=True))]
             else:
                 await data.chat(chat_body(MESSAGES, "m1", stream=False))
+
+
+async def test_every_answer_tells_the_upstream_request_id(config: Config) -> None:
+    """The emulator's `x-request-id` (`req_` and 32 hex digits, one per request): on a whole
+    answer, on a stream once it has begun, and on an error."""
+    name = (await ready_proxy("async", config)).model_proxy_name or ""
+    data = DataAPI(name, config)
+    answers = [await data.chat(chat_body(MESSAGES, "m1", stream=False)),
+               await data.responses(responses_body("hi", "m1", stream=False)),
+               await data.embeddings(embeddings_body("hi", "m1"))]
+    ids = [answer.request_id for answer in answers]
+    streams = [data.chat_stream(chat_body(MESSAGES, "m1", stream=True)),
+               data.responses_stream(responses_body("hi", "m1", stream=True))]
+    for stream in streams:
+        assert stream.request_id is None  # not begun
+        assert [item async for item in stream]
+        ids.append(stream.request_id)
+    with pytest.raises(BadRequestError) as refused:
+        await data.chat(chat_body(MESSAGES, "not-served", stream=False))
+    ids.append(refused.value.request_id)
+    assert all(re.fullmatch(r"req_[0-9a-f]{32}", str(request_id)) for request_id in ids), ids
+    assert len(set(ids)) == len(ids)
+    assert "request_id" not in answers[0].model_dump()
 
 
 CREDENTIALS = {"AKIDTEST": "test-secret"}

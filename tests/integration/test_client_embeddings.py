@@ -113,7 +113,9 @@ async def test_embedding(
 async def test_the_seed_names(config: Config) -> None:
     proxy = await ready_proxy("async", config)
     sync = proxy.embedding(input="queues", model="emb-2")
-    assert (await proxy.aembedding(input="queues", model="emb-2")) == sync
+    async_answer = await proxy.aembedding(input="queues", model="emb-2")
+    assert async_answer.model_dump() == sync.model_dump()
+    assert async_answer.request_id != sync.request_id  # answers to two requests
     assert sync.model == "emb-2"
     assert len(sync.data[0].vector) == 256  # a model without its own setting: the default
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -160,6 +161,23 @@ def test_multi_mode_models(client: httpx.Client) -> None:
     assert chat(client, "pm").json()["model"] == "pm"
     assert chat(client, "pm", model="x").json()["model"] == "x"
     assert error_of(chat(client, "pm", model="nope"), 400)["code"] == "model_not_found"
+
+
+def test_every_answer_has_a_model_request_id(client: httpx.Client) -> None:
+    """OpenAI's `x-request-id` on each answer, error or not, streamed or not: its own per
+    request, and not the gateway's `x-acs-request-id`."""
+    create_proxy(client, "p1")
+    with client.stream("POST", "/models/p1/v1/chat/completions",
+                       json={"messages": PROMPT, "stream": True}) as streamed:
+        streamed.read()
+    answers = [chat(client, "p1"), streamed, responses(client, "p1"),
+               client.post("/models/p1/v1/embeddings", json={"input": "hi"}),
+               chat(client, "p1", model="nope"), chat(client, "nope")]
+    assert [a.status_code for a in answers] == [200, 200, 200, 200, 400, 404]
+    ids = [answer.headers["x-request-id"] for answer in answers]
+    assert all(re.fullmatch(r"req_[0-9a-f]{32}", request_id) for request_id in ids), ids
+    assert len(set(ids)) == len(ids)
+    assert all(a.headers["x-acs-request-id"] != a.headers["x-request-id"] for a in answers)
 
 
 # -- responses -----------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 from polling import until
 from stack import Stack
 
-from core.contract import ChunkEntry, JobKind, JobStatus
+from core.contract import ChunkEntry, JobKind, JobRecord, JobStatus
 from core.dispatch import cancel_batch, publish
 from core.settings import Settings
 from emulator.server import EmulatorServer
@@ -22,6 +23,15 @@ from modelproxy import Config, ModelProxy, ResourceNotExistError
 from producer.client import AsyncClient
 
 pytestmark = pytest.mark.timeout(180)
+
+# The emulator's `x-request-id` (emulator/data_routes.py); its `x-acs-request-id` is a UUID.
+MODEL_REQUEST_ID = re.compile(r"req_[0-9a-f]{32}")
+
+
+def assert_answered(record: JobRecord) -> None:
+    """A success keeps the upstream's request id, and no error answer."""
+    assert MODEL_REQUEST_ID.fullmatch(record.upstream_request_id or ""), record
+    assert (record.upstream_status, record.upstream_error) == (None, None)
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +81,8 @@ async def test_chat_job_end_to_end(stack: Stack) -> None:
     assert done.usage == direct.usage.model_dump()  # type: ignore[union-attr]
     assert done.attempt == 1
     assert done.worker
+    assert_answered(done)
+    assert done.upstream_request_id != direct.request_id  # one id per request
 
 
 async def test_streamed_chunks_arrive_in_order_with_a_done_entry(stack: Stack) -> None:
@@ -86,6 +98,7 @@ async def test_streamed_chunks_arrive_in_order_with_a_done_entry(stack: Stack) -
     assert done.result is not None
     assert text == done.result["choices"][0]["message"]["content"]
     assert chunks[-1].payload()["usage"] == done.usage
+    assert_answered(done)
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -98,6 +111,7 @@ async def test_responses_job(stack: Stack, stream: bool) -> None:
     assert done.result["status"] == "completed"
     assert done.usage is not None
     assert done.usage["total_tokens"] > 0
+    assert_answered(done)
 
 
 async def test_management_jobs(stack: Stack) -> None:
@@ -145,16 +159,23 @@ async def test_retryable_fault_is_retried_then_succeeds(stack: Stack) -> None:
     assert done.status == JobStatus.SUCCEEDED
     assert done.attempt >= 2
     assert "ServerError" in done.errors[0]
+    assert_answered(done)  # the last attempt's answer, not the 500s before it
+
+
+SERVICE_UNAVAILABLE = {"message": "service unavailable (injected fault)",
+                       "type": "server_error", "param": None, "code": "service_unavailable"}
 
 
 @pytest.mark.parametrize(
-    ("faults", "expected"),
-    [({"error_503_rate": 1.0}, "ServerError"),
-     ({"slow_rate": 1.0, "slow_s": 5}, "APITimeoutError")],
+    ("faults", "expected", "status", "upstream_error"),
+    [({"error_503_rate": 1.0}, "ServerError", 503, SERVICE_UNAVAILABLE),
+     ({"slow_rate": 1.0, "slow_s": 5}, "APITimeoutError", None, None)],
 )
 async def test_exhausted_attempts_fail_with_the_upstream_message(
-    stack: Stack, faults: dict[str, Any], expected: str
+    stack: Stack, faults: dict[str, Any], expected: str, status: int | None,
+    upstream_error: dict[str, Any] | None,
 ) -> None:
+    """The record keeps the last answer of the upstream, if there was one (no timeout has)."""
     proxy = await stack.proxy()
     stack.faults(proxy, **faults)
     job = await stack.chat(proxy)
@@ -163,15 +184,51 @@ async def test_exhausted_attempts_fail_with_the_upstream_message(
     assert len(done.errors) == stack.settings.max_attempts
     assert all(expected in error for error in done.errors)
     assert done.error == done.errors[-1]
+    assert (done.upstream_status, done.upstream_error) == (status, upstream_error)
+    assert (done.upstream_request_id is None) is (status is None)
+    assert done.upstream_request_id is None or MODEL_REQUEST_ID.fullmatch(
+        done.upstream_request_id)
 
 
 async def test_bad_request_fails_at_once(stack: Stack) -> None:
+    """The upstream's 400 is kept whole: status, OpenAI error object, request id."""
     proxy = await stack.proxy()
     job = await stack.chat(proxy, model="not-served-here")
     done = await stack.wait(job.id)
     assert done.status == JobStatus.FAILED
     assert done.attempt == 1
     assert "BadRequestError" in (done.error or "")
+    assert done.upstream_status == 400
+    assert done.upstream_error is not None
+    assert done.upstream_error["code"] == "model_not_found"
+    assert done.upstream_error["type"] == "invalid_request_error"
+    assert done.upstream_error["param"] == "model"
+    assert "not-served-here" in done.upstream_error["message"]
+    assert MODEL_REQUEST_ID.fullmatch(done.upstream_request_id or ""), done
+
+
+async def test_batch_lines_carry_what_the_upstream_said(stack: Stack) -> None:
+    """Through the producer's batch: a success has the upstream's request id, a line the
+    upstream refused has its answer (status, error object, request id) and no `error`."""
+    proxy = await stack.proxy()
+    lines = [json.dumps({"custom_id": custom_id, "method": "POST",
+                         "url": "/v1/chat/completions",
+                         "body": {"model": model, "messages": [{"role": "user", "content": "hi"}]}})
+             for custom_id, model in (("ok", "m1"), ("refused", "nope"))]
+    async with AsyncClient(stack.settings) as client:
+        batch, invalid = await client.submit_batch(lines, proxy)
+        assert not invalid
+        await batch.wait(timeout=30, interval_s=0.05)
+        results = [line async for line in batch.results()]
+        errors = [line async for line in batch.errors()]
+    assert [line["custom_id"] for line in results] == ["ok"]
+    assert results[0]["response"]["status_code"] == 200
+    assert MODEL_REQUEST_ID.fullmatch(results[0]["response"]["request_id"])
+    assert [(line["custom_id"], line["error"]) for line in errors] == [("refused", None)]
+    response = errors[0]["response"]
+    assert response["status_code"] == 400
+    assert MODEL_REQUEST_ID.fullmatch(response["request_id"])
+    assert response["body"]["error"]["code"] == "model_not_found"
 
 
 async def test_retry_after_is_honoured_and_the_cooldown_is_shared(stack: Stack) -> None:

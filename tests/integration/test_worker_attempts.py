@@ -110,6 +110,9 @@ async def test_a_missing_proxy_fails_at_once_as_an_expected_failure(
     assert done.attempt == 1
     assert done.errors == [done.error]
     assert done.error == f'attempt 1: ProxyNotFoundError: proxy "{name}" does not exist'
+    # No model was asked: nothing of an upstream's answer to keep.
+    assert (done.upstream_request_id, done.upstream_status, done.upstream_error) == (
+        None, None, None)
     # Celery's line for a task that raised one of its `throws`: FAILURE, no traceback.
     await until(lambda: _lines(worker, "raised expected", f'proxy "{name}" does not exist'),
                 10, what=lambda: f"the task's failure in the log:\n{worker.log()}")

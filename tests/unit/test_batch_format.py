@@ -16,6 +16,7 @@ from producer.batch_format import (
     BatchLine,
     LineError,
     ParsedBatch,
+    error_code,
     error_line,
     error_line_for_invalid,
     output_line,
@@ -447,14 +448,19 @@ def record(status: JobStatus, **fields: Any) -> JobRecord:
 
 def test_output_line_for_a_success():
     body = {"id": "chatcmpl-1", "choices": [], "usage": {"total_tokens": 3}}
-    line = output_line(record(JobStatus.SUCCEEDED, result=body))
+    line = output_line(record(JobStatus.SUCCEEDED, result=body, upstream_request_id="req_9"))
     assert line == {
         "id": "batch_req_j1",
         "custom_id": "c",
-        "response": {"status_code": 200, "request_id": "j1", "body": body},
+        "response": {"status_code": 200, "request_id": "req_9", "body": body},
         "error": None,
     }
     assert json.loads(json.dumps(line)) == line
+
+
+def test_output_line_without_an_upstream_request_id_gives_the_job_id():
+    line = output_line(record(JobStatus.SUCCEEDED, result={}))
+    assert line["response"]["request_id"] == "j1"
 
 
 def test_output_line_refuses_an_unsuccessful_job():
@@ -467,20 +473,19 @@ def test_output_line_refuses_an_unsuccessful_job():
     [
         (
             JobStatus.FAILED,
-            "attempt 2: ServerError: HTTP 503: unavailable",
-            "ServerError",
-            "attempt 2: ServerError: HTTP 503: unavailable",
+            "attempt 2: APITimeoutError: timed out",
+            "APITimeoutError",
+            "attempt 2: APITimeoutError: timed out",
         ),
-        (JobStatus.FAILED, "attempt 1: RateLimitedError: slow down", "RateLimitedError", None),
-        (JobStatus.FAILED, "BadRequestError: HTTP 400: no", "BadRequestError", None),
+        (JobStatus.FAILED, "attempt 1: StreamInterruptedError: cut", "StreamInterruptedError",
+         None),
+        (JobStatus.FAILED, "ProxyNotFoundError: no", "ProxyNotFoundError", None),
         (JobStatus.FAILED, "worker lost the job", "failed", None),
         (JobStatus.FAILED, "attempt 3: something odd happened", "failed", None),
         (JobStatus.FAILED, None, "failed", "failed"),
-        (JobStatus.CANCELLED, None, "cancelled", "cancelled"),
-        (JobStatus.CANCELLED, "attempt 1: ServerError: HTTP 500", "cancelled", None),
     ],
 )
-def test_error_line(status, error, code, message):
+def test_error_line_without_an_upstream_answer(status, error, code, message):
     line = error_line(record(status, error=error))
     assert line == {
         "id": "batch_req_j1",
@@ -488,6 +493,53 @@ def test_error_line(status, error, code, message):
         "response": None,
         "error": {"code": code, "message": message or error},
     }
+
+
+UPSTREAM_ERRORS = [
+    (400, {"message": "bad model", "type": "invalid_request_error", "param": "model",
+           "code": "model_not_found"}),
+    (503, {"message": "unavailable", "type": "server_error", "param": None,
+           "code": "service_unavailable"}),
+]
+
+
+@pytest.mark.parametrize(("status", "upstream_error"), UPSTREAM_ERRORS)
+def test_error_line_of_an_upstream_answer_is_that_answer(status, upstream_error):
+    """4xx or 5xx alike: the upstream answered, so the line has its `response`, no `error`."""
+    failed = record(JobStatus.FAILED, error=f"attempt 1: HTTP {status}", upstream_status=status,
+                    upstream_error=upstream_error, upstream_request_id="req_1")
+    assert error_line(failed) == {
+        "id": "batch_req_j1",
+        "custom_id": "c",
+        "response": {"status_code": status, "request_id": "req_1",
+                     "body": {"error": upstream_error}},
+        "error": None,
+    }
+
+
+def test_error_line_of_an_upstream_answer_without_request_id_gives_the_job_id():
+    failed = record(JobStatus.FAILED, error="x", upstream_status=400,
+                    upstream_error=UPSTREAM_ERRORS[0][1])
+    assert error_line(failed)["response"]["request_id"] == "j1"
+
+
+@pytest.mark.parametrize("error", [None, "attempt 1: ServerError: HTTP 500"])
+@pytest.mark.parametrize(("code", "message"), [
+    ((), "This request was cancelled before it completed."),
+    (("batch_cancelled",), "This request was cancelled before it completed."),
+    (("batch_expired",),
+     "This request could not be executed before the completion window expired."),
+])
+def test_error_line_of_a_cancelled_job(error, code, message):
+    """Never an upstream answer, whatever its earlier attempts met."""
+    line = error_line(record(JobStatus.CANCELLED, error=error), *code)
+    assert line == {
+        "id": "batch_req_j1",
+        "custom_id": "c",
+        "response": None,
+        "error": {"code": code[0] if code else "batch_cancelled", "message": message},
+    }
+    assert error_code(record(JobStatus.CANCELLED)) == "batch_cancelled"
 
 
 def test_error_line_refuses_a_success():

@@ -95,3 +95,23 @@ def test_a_missing_proxy_is_a_404_that_names_it_and_is_not_retried():
     assert (err.name, err.status_code, err.request_id) == ("p-1", 404, "r1")
     assert str(err) == 'proxy "p-1" does not exist'
     assert not err.retryable
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"x-request-id": "req_1", "x-acs-request-id": "acs-1"}, "req_1"),
+        ({"x-acs-request-id": "acs-1"}, "acs-1"),
+        ({"x-request-id": "", "x-acs-request-id": "acs-1"}, "acs-1"),
+        ({}, None),
+    ],
+)
+def test_request_id_of_prefers_the_model_servers(headers, expected):
+    assert e.request_id_of(headers) == expected
+    content = b'{"error": {"message": "no"}}'
+    assert e.error_from_response(400, content, headers).request_id == expected
+
+
+def test_the_bodys_request_id_wins_over_the_headers():
+    content = b'{"code": "Bad", "message": "no", "requestId": "body-1"}'
+    assert e.error_from_response(400, content, {"x-request-id": "req_1"}).request_id == "body-1"

@@ -190,6 +190,10 @@ def test_the_layout_in_the_docstring_is_what_keys_builds() -> None:
         keys.batches(), keys.open_jobs(), keys.cancels(), keys.proxy("{name}"),
         keys.reader_wake("{id}"), keys.lock("{name}"), keys.metrics(),
         keys.broker_queue("{queue}"), keys.broker_unacked(), keys.broker_prefix() + "…",
+        keys.gateway_key("{digest}"), keys.gateway_keys(), keys.gateway_file("{id}"),
+        keys.gateway_file_data("{id}"), keys.gateway_files("{owner}"),
+        keys.gateway_batch("{id}"), keys.gateway_batches("{owner}"),
+        keys.gateway_open_batches(), keys.gateway_interactive(),
         *(key.replace(part, "{part}") for key, part in
           zip(keys.limiter("{name}"), LIMITER_PARTS, strict=True)),
     }
