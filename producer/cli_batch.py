@@ -12,11 +12,20 @@ from typing import IO
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 from core.contract import BatchRecord, JobStatus
 from producer.batches import Batch
-from producer.cli_common import EXIT_FAILED, clean_errors, client, console, err_console, fail
+from producer.cli_common import (
+    EXIT_FAILED,
+    JSON_HELP,
+    clean_errors,
+    client,
+    console,
+    err_console,
+    fail,
+    print_json,
+)
 from producer.terminal import escape_markup
 
 app = typer.Typer(help="Batches in the OpenAI Batch format (JSONL).", no_args_is_help=True)
@@ -104,14 +113,23 @@ def submit(
             raise typer.Exit(EXIT_FAILED)
 
 
+def batch_json(record: BatchRecord) -> dict[str, object]:
+    """A batch as `--json` prints it: the record, counts by state, and how many are done."""
+    return {**record.model_dump(mode="json"), "done": record.done}
+
+
 @app.command()
 @clean_errors
-def status(batch_id: str = typer.Argument(..., help="Batch id.")) -> None:
+def status(batch_id: str = typer.Argument(..., help="Batch id."),
+           as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
     """Counts of a batch by state."""
     with client() as mpq:
         record = mpq.batch(batch_id).info()
-        console.print(f"batch {escape_markup(record.id)} ({record.status.value}): "
-                      f"{_counts(record)}")
+    if as_json:
+        print_json(batch_json(record))
+        return
+    console.print(f"batch {escape_markup(record.id)} ({record.status.value}): "
+                  f"{_counts(record)}")
 
 
 @app.command()
@@ -187,16 +205,24 @@ def retry_failed(
 
 @app.command("list")
 @clean_errors
-def list_batches(limit: int = typer.Option(20, min=1, help="How many, newest first.")) -> None:
-    """Recent batches."""
+def list_batches(limit: int = typer.Option(20, min=1, help="How many, newest first."),
+                 as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
+    """Recent batches, with whole ids (to copy into other commands)."""
     with client() as mpq:
-        table = Table("batch", "name", "status", "total", "succeeded", "failed", "invalid")
-        for record in mpq.batches(limit):
-            table.add_row(escape_markup(record.id), escape_markup(record.name or ""),
-                          record.status.value, str(record.total),
-                          str(record.counts.get(JobStatus.SUCCEEDED, 0)),
-                          str(record.counts.get(JobStatus.FAILED, 0)), str(record.invalid))
-        console.print(table)
+        records = mpq.batches(limit)
+    if as_json:
+        print_json([batch_json(record) for record in records])
+        return
+    table = Table("name", "status", "total", "succeeded", "failed", "invalid")
+    # The id never shrinks or wraps: a narrow terminal cuts the name instead.
+    table.columns.insert(0, Column("batch", no_wrap=True, min_width=max(
+        (len(record.id) for record in records), default=5)))
+    for record in records:
+        table.add_row(escape_markup(record.id), escape_markup(record.name or ""),
+                      record.status.value, str(record.total),
+                      str(record.counts.get(JobStatus.SUCCEEDED, 0)),
+                      str(record.counts.get(JobStatus.FAILED, 0)), str(record.invalid))
+    console.print(table)
 
 
 __all__ = ["app", "fail", "follow"]

@@ -97,6 +97,9 @@ def exec_module(module: str, args: Sequence[str]) -> NoReturn:
              [sys.executable, "-m", module, *args])
 
 
+JSON_HELP = "Print JSON (for scripts)."
+
+
 def print_json(value: Any) -> None:
     """JSON on stdout, plain (for scripts) and safe for a terminal."""
     sys.stdout.write(safe_json(value) + "\n")

@@ -14,6 +14,7 @@ from core.api_keys import ApiKey
 from core.settings import Settings
 from producer.cli_common import (
     EXIT_NOT_FOUND,
+    JSON_HELP,
     clean_errors,
     console,
     exec_module,
@@ -24,7 +25,6 @@ from producer.gateway_keys import create_key, list_keys, revoke_key
 from producer.terminal import escape_markup
 
 GATEWAY_MODULE = "gateway"  # `python -m gateway`
-JSON_HELP = "Print JSON."
 
 app = typer.Typer()
 key_app = typer.Typer(help="The gateway's API keys (shown once when made, kept hashed).",

@@ -313,3 +313,22 @@ def test_escaped_markup_prints_as_itself(text: str, after: str) -> None:
     json.loads(safe_json({"text": text}))
     assert not re.search(r"[\x00-\x1f\x7f-\x9f]", safe_json({"text": text}).replace("\n", ""))
 
+
+
+def test_batch_list_shows_whole_ids_in_a_narrow_terminal_and_json(
+        env: dict[str, str | None], tmp_path: Path) -> None:
+    path = tmp_path / "a-rather-long-input-file-name.jsonl"
+    path.write_text(chat_line("a") + "\n")
+    submitted = invoke(["batch", "submit", str(path), "--proxy", "p1"], env)
+    batch_id = submitted.stdout.split()[1]
+
+    narrow = invoke(["batch", "list"], {**env, "COLUMNS": "60"})
+    assert narrow.exit_code == 0
+    assert batch_id in narrow.stdout  # whole, on one line
+
+    [listed] = json.loads(invoke(["batch", "list", "--json"], env).stdout)
+    assert (listed["id"], listed["total"], listed["done"]) == (batch_id, 1, 0)
+    assert listed["name"] == path.name
+    status = json.loads(invoke(["batch", "status", batch_id, "--json"], env).stdout)
+    assert status["counts"]["queued"] == 1
+    assert status["status"] == "in_progress"
