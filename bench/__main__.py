@@ -19,6 +19,7 @@ from bench import (
     gateway_files,
     gateway_stream,
     inflight,
+    lanes,
     ratelimit,
     streaming,
     throughput,
@@ -218,6 +219,24 @@ def gateway_file_rows(r: dict[str, Any]) -> list[Row]:
             for way, method in (("upload", "PUT"), ("download", "GET"))]
 
 
+def lanes_rows(r: dict[str, Any]) -> list[Row]:
+    idle, loaded = r["idle"], r["loaded"]
+    name = (f"lanes: {loaded['jobs']} interactive jobs during a {r['lines']:,}-line batch, "
+            f"{r['slots']} slots, {r['latency_s']:g} s: queue wait")
+    interval = f"{r['slot_interval_ms']:.1f} ms"
+    return [
+        Row(f"{name} p99", f"{loaded['p99_ms']:.1f} ms",
+            f"idle p99 {idle['p99_ms']:.1f} ms + {lanes.SLOT_INTERVALS} x slot-free "
+            f"{interval} + {lanes.LAG_ALLOWANCE_S * 1000:.0f} ms",
+            f"{loaded['p99_ms'] / r['limit_ms']:.2f}", f"<= {r['limit_ms']:.0f} ms",
+            verdict(r["ok"])),
+        Row(f"{name} p50", f"{loaded['p50_ms']:.1f} ms", f"idle p50 {idle['p50_ms']:.1f} ms",
+            "", "", INFO),
+        Row("lanes: the same wait without lanes (lines queued ahead / rate)",
+            f"{r['fifo_wait_s']:.1f} s", f"{r['batch_rate']:.0f} lines/s", "", "", INFO),
+    ]
+
+
 Bench = tuple[Callable[[argparse.Namespace], Coroutine[Any, Any, Any]],
               Callable[[Any], None], Callable[[Any], list[Row]]]
 BENCHES: dict[str, Bench] = {
@@ -232,6 +251,7 @@ BENCHES: dict[str, Bench] = {
     "embeddings": (lambda a: embeddings.measure(a.embeddings_jobs), embeddings.report,
                    embeddings_rows),
     "gateway": (lambda a: gateway.measure(a.gateway_calls), gateway.report, gateway_rows),
+    "lanes": (lambda a: lanes.measure(), lanes.report, lanes_rows),
 }
 
 

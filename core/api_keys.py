@@ -1,6 +1,11 @@
 """The gateway's API keys, kept in Redis as SHA-256 digests: the key itself is shown once,
 when made, and never stored. A key's id (`key_…`) names its owner: files and batches belong
-to the key that made them."""
+to the key that made them.
+
+Every gateway request looks its key up; a process may answer from memory for a few seconds
+(`remember_s`) instead of asking Redis each time, so a key revoked elsewhere keeps working
+that long in it. Only keys found are remembered: a new key works at once, and wrong keys
+take no memory."""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from core.keys import Keys
 
 KEY_PREFIX = "sk-mpq-"
 _ID_PREFIX = "key_"
+REMEMBERED_MAX = 10_000  # keys remembered per process; past it, the expired are dropped
 
 
 @dataclass(frozen=True)
@@ -31,9 +37,13 @@ def digest(secret: str) -> str:
 
 
 class ApiKeys:
-    def __init__(self, redis: aioredis.Redis, keys: Keys) -> None:
+    def __init__(self, redis: aioredis.Redis, keys: Keys, remember_s: float = 0.0) -> None:
+        """`remember_s`: how long `owner` may answer for a key from memory (0: never)."""
         self._redis = redis
         self._keys = keys
+        self.remember_s = remember_s
+        # a key's digest -> (until when, on the monotonic clock; its id)
+        self._remembered: dict[str, tuple[float, str]] = {}
 
     async def create(self, name: str) -> tuple[ApiKey, str]:
         """A new key: its description, and the key itself (shown once, never stored)."""
@@ -58,16 +68,38 @@ class ApiKeys:
         raw = await self._redis.hget(self._keys.gateway_keys(), key_id)
         if raw is None:
             return False
+        hashed = json.loads(_text(raw))["digest"]
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.delete(self._keys.gateway_key(json.loads(_text(raw))["digest"]))
+            pipe.delete(self._keys.gateway_key(hashed))
             pipe.hdel(self._keys.gateway_keys(), key_id)
             await pipe.execute()
+        self._remembered.pop(hashed, None)
         return True
 
     async def owner(self, secret: str) -> str | None:
-        """The id of the key `secret`, or None for a wrong or revoked key."""
-        found = await self._redis.get(self._keys.gateway_key(digest(secret)))
-        return None if found is None else _text(found)
+        """The id of the key `secret`, or None for a wrong or revoked key (revoked in
+        another process: within `remember_s`)."""
+        hashed = digest(secret)
+        asked = time.monotonic()
+        remembered = self._remembered.get(hashed)
+        if remembered is not None and asked < remembered[0]:
+            return remembered[1]
+        found = await self._redis.get(self._keys.gateway_key(hashed))
+        if found is None:
+            self._remembered.pop(hashed, None)
+            return None
+        key_id = _text(found)
+        if self.remember_s > 0:
+            self._remember(hashed, asked + self.remember_s, key_id)
+        return key_id
+
+    def _remember(self, hashed: str, until: float, key_id: str) -> None:
+        if len(self._remembered) >= REMEMBERED_MAX:
+            now = time.monotonic()
+            self._remembered = {k: v for k, v in self._remembered.items() if v[0] > now}
+            if len(self._remembered) >= REMEMBERED_MAX:
+                self._remembered.clear()
+        self._remembered[hashed] = (until, key_id)
 
     async def any(self) -> bool:
         return bool(await self._redis.hlen(self._keys.gateway_keys()))

@@ -10,9 +10,16 @@ from collections.abc import Sequence
 from typing import Any
 
 from celery import Celery
-from kombu.entity import Queue
 
-from core.dispatch import QUEUES, REFRESH_TASK, task_routes
+from core.dispatch import (
+    QUEUES,
+    REFRESH_TASK,
+    broker_queue_name,
+    broker_queue_names,
+    declared_queues,
+    is_redis_broker,
+    task_routes,
+)
 from core.keys import Keys
 from core.settings import Settings
 
@@ -24,7 +31,7 @@ REDIS_TRANSPORT = "core.internals.redis_broker:Transport"
 
 def broker_transport(url: str) -> str | None:
     """Our transport class for redis:// and rediss:// brokers; None: kombu's choice."""
-    return REDIS_TRANSPORT if url.split("://", 1)[0] in ("redis", "rediss") else None
+    return REDIS_TRANSPORT if is_redis_broker(url) else None
 
 
 def broker_url(settings: Settings) -> str:
@@ -47,8 +54,14 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
     }
 
 
+def consumed_queues(settings: Settings, queues: str) -> str:
+    """A worker's `-Q` (queue names, comma-separated) as this broker names them."""
+    return broker_queue_names(queues, redis=is_redis_broker(broker_url(settings)))
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     url = broker_url(settings)
+    redis = is_redis_broker(url)
     return {
         "broker_url": url,
         "broker_transport": broker_transport(url),
@@ -68,9 +81,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_send_task_events": settings.task_events,
         "task_send_sent_event": True,
         "task_track_started": True,
-        "task_queues": [Queue(name) for name in QUEUES],
-        "task_default_queue": QUEUES[0],
-        "task_routes": task_routes(),
+        "task_queues": declared_queues(redis=redis),
+        "task_default_queue": broker_queue_name(QUEUES[0], redis=redis),
+        "task_routes": task_routes(redis=redis),
         "beat_schedule": {
             "refresh-proxies": {"task": REFRESH_TASK, "schedule": settings.refresh_interval_s}
         },

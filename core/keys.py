@@ -13,6 +13,7 @@ Layout (``P`` is the prefix, ``mpq:`` by default)::
     P jobs:open             zset    jobs not final yet, by when last seen waiting
     P jobs:cancels          string  bumped by every cancel
     P proxy:{name}          hash    cached proxy state
+    P proxies               set     names of the proxies cached as present
     P rl:{name}:{part}      any     rate-limiter state (buckets, leases, cool-down)
     P reader:{id}:wake      stream  wakes one stream reader's blocking read
     P lock:{name}           string  distributed locks
@@ -26,7 +27,8 @@ Layout (``P`` is the prefix, ``mpq:`` by default)::
     P gw:batches:{owner}    zset    one API key's batches by creation time
     P gw:batches:open       zset    gateway batches not ended yet, by expiry time
     P gw:interactive        zset    the gateway's direct-call jobs in flight, by start time
-    P broker:{queue}        list    Celery's Redis broker: a queue's messages
+    P broker:{queue}        list    Celery's Redis broker: a queue's messages (priority 0)
+    P broker:{queue}\\x06\\x16{step} list  the same queue's messages of a priority step > 0
     P broker:unacked        hash    Celery's Redis broker: messages taken, not acked yet
     P broker:…              any     the rest of the broker's keys (kombu names them)
 """
@@ -38,6 +40,10 @@ from dataclasses import dataclass
 # A proxy's rate-limiter keys in the order limiter.lua takes them (its KEYS).
 LIMITER_PARTS = ("rpm", "tpm", "tps", "tph", "tpd", "leases", "cooldown")
 LimiterKeys = tuple[str, ...]
+
+# kombu's Redis transport names the list of a queue's messages of priority step p > 0 with
+# this between the queue's name and p (its Channel.sep and _q_for_pri).
+BROKER_PRIORITY_SEPARATOR = "\x06\x16"
 
 # Ids and names are joined with ':'; one containing ':' could name another key
 # (job "x:chunks" would be the chunk stream of job "x").
@@ -95,6 +101,10 @@ class Keys:
     def proxy(self, name: str) -> str:
         return f"{self.prefix}proxy:{_part(name, 'proxy name')}"
 
+    def proxies(self) -> str:
+        """The names of the proxies cached as present (core/proxy_entries.py)."""
+        return f"{self.prefix}proxies"
+
     def limiter(self, name: str) -> LimiterKeys:
         """A proxy's rate-limiter state, in the order of ``LIMITER_PARTS``."""
         base = f"{self.prefix}rl:{_part(name, 'proxy name')}"
@@ -151,9 +161,11 @@ class Keys:
         """kombu's ``global_keyprefix``: every key of the Redis broker starts with it."""
         return f"{self.prefix}broker:"
 
-    def broker_queue(self, queue: str) -> str:
-        """A broker queue's list of messages (priority 0, the only one we use)."""
-        return f"{self.broker_prefix()}{_part(queue, 'queue name')}"
+    def broker_queue(self, queue: str, priority: int = 0) -> str:
+        """A broker queue's list of messages of one priority step (core/dispatch.py: the
+        interactive lane is 0, the queue's own list; batch lines are 9)."""
+        key = f"{self.broker_prefix()}{_part(queue, 'queue name')}"
+        return f"{key}{BROKER_PRIORITY_SEPARATOR}{priority}" if priority else key
 
     def broker_unacked(self) -> str:
         """The broker's hash of messages delivered but not acked yet."""

@@ -1,5 +1,6 @@
 """The gateway's FastAPI app: OpenAI's routes under `/v1`, errors in OpenAI's shape, and the
-background work of batches (finalizing, expiry, webhooks) run by every process in turn."""
+background work: the proxy cache read for routing (gateway/proxy_directory.py), and that of
+batches (finalizing, expiry, webhooks) run by every process in turn."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from core.api_keys import ApiKeys
 from core.redis_client import redis_client
 from core.settings import Settings
 from gateway import batch_routes, direct_routes, files_routes
+from gateway.auth import KEY_REMEMBER_S
 from gateway.batch_finalizer import run_finalizer
 from gateway.context import Gateway
 from gateway.errors import install_error_handlers
@@ -34,15 +36,18 @@ def create_app(settings: Settings | None = None, *, celery: Celery | None = None
         content_redis = redis_client(settings.redis_url, decode=False)
         gw = Gateway(settings=settings, client=client,
                      files=FileStore(content_redis, client.keys, settings.result_ttl_s),
-                     api_keys=ApiKeys(client.redis, client.keys))
+                     api_keys=ApiKeys(client.redis, client.keys, KEY_REMEMBER_S))
         app.state.gateway = gw
-        finalizer = asyncio.create_task(run_finalizer(gw), name="mpq-gateway-finalizer")
+        background = [asyncio.create_task(run_finalizer(gw), name="mpq-gateway-finalizer"),
+                      asyncio.create_task(gw.proxies.run(), name="mpq-gateway-proxies")]
         try:
             yield
         finally:
-            finalizer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await finalizer
+            for task in background:
+                task.cancel()
+            for task in background:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await client.aclose()
             await content_redis.aclose()
 
@@ -53,6 +58,7 @@ def create_app(settings: Settings | None = None, *, celery: Celery | None = None
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    for module in (files_routes, batch_routes, direct_routes):
+    # Routes are matched in order: the direct calls, the most frequent, first.
+    for module in (direct_routes, files_routes, batch_routes):
         app.include_router(module.router, prefix="/v1")
     return app

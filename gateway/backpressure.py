@@ -1,7 +1,8 @@
 """Backpressure: a bound on the direct calls in flight across every gateway process.
 
-Each call holds a slot, a member of one Redis sorted set scored by its start time, from
-before its job is submitted until it is answered. A call that would hold more than
+Each call holds a slot, a member of one Redis sorted set scored by its start time (Redis
+time), from before its job is submitted until it is answered: one round trip to take it
+(lua/admit_call.lua), one to free it. A call that would hold more than
 `gateway_max_interactive` slots gets 429 with `Retry-After` and nothing is submitted: a
 client told to come back later beats one left waiting behind an unbounded queue. Slots of a
 gateway that died without freeing them are dropped once older than the longest call can be.
@@ -9,7 +10,7 @@ gateway that died without freeing them are dropped once older than the longest c
 
 from __future__ import annotations
 
-import time
+from pathlib import Path
 
 import redis.asyncio as aioredis
 
@@ -20,6 +21,7 @@ from gateway.errors import OpenAIError
 RETRY_AFTER_S = 1
 # A slot older than the call timeout by this much belongs to a gateway that went away.
 STALE_MARGIN_S = 60.0
+_ADMIT = (Path(__file__).parent / "lua" / "admit_call.lua").read_text(encoding="utf-8")
 
 
 class InFlight:
@@ -29,22 +31,14 @@ class InFlight:
         self._key = keys.gateway_interactive()
         self.max_calls = max_calls
         self.stale_after_s = call_timeout_s + STALE_MARGIN_S
+        self._admit = redis.register_script(_ADMIT)
 
     async def admit(self) -> str:
-        """A new slot's id; `OpenAIError` 429 when all are taken.
-
-        Add, then count: two calls racing for the last slot may both be refused, never both
-        admitted."""
+        """A new slot's id; `OpenAIError` 429 when all are taken."""
         slot = new_id()
-        now = time.time()
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.zremrangebyscore(self._key, "-inf", now - self.stale_after_s)
-            pipe.zadd(self._key, {slot: now})
-            pipe.zcard(self._key)
-            pipe.expire(self._key, int(self.stale_after_s) + 1)
-            *_, held, _ = await pipe.execute()
-        if held > self.max_calls:
-            await self.release(slot)
+        held = await self._admit(keys=[self._key], args=[
+            slot, self.max_calls, int(self.stale_after_s * 1000)])
+        if int(held) >= self.max_calls:
             raise OpenAIError(
                 429, f"The gateway has {self.max_calls} direct calls in flight, its limit; "
                 f"retry after {RETRY_AFTER_S} s (or use the Batch API for bulk work).",

@@ -32,7 +32,8 @@ class Gateway:
                                   self.settings.gateway_call_timeout_s)
 
 
-def gateway(request: Request) -> Gateway:
-    """The process's `Gateway` (a FastAPI dependency)."""
+async def gateway(request: Request) -> Gateway:
+    """The process's `Gateway` (a FastAPI dependency; async, so that FastAPI calls it in the
+    event loop instead of handing it to a worker thread)."""
     found: Gateway = request.app.state.gateway
     return found

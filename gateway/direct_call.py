@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import anyio
 from fastapi import Request
 from fastapi.responses import JSONResponse
+from starlette.background import BackgroundTask
 
 from core.contract import JobKind, JobRecord, JobStatus
 from gateway.context import Gateway
@@ -51,8 +52,10 @@ class Failure:
         message = f"the upstream call failed: {record.error or record.status.value}"
         return cls(status, error_body(message, "server_error", code=code)["error"])
 
-    def response(self, headers: dict[str, str]) -> JSONResponse:
-        return JSONResponse({"error": self.error}, status_code=self.status, headers=headers)
+    def response(self, headers: dict[str, str],
+                 background: BackgroundTask | None = None) -> JSONResponse:
+        return JSONResponse({"error": self.error}, status_code=self.status, headers=headers,
+                            background=background)
 
 
 async def _until_disconnected(request: Request) -> None:
@@ -107,7 +110,8 @@ class DirectCall:
 
     async def race(self, request: Request, work: Awaitable[T]) -> T:
         """`work`'s result; `ClientGone` if the client leaves first, `TimeoutError` at the
-        deadline. `work` is cancelled (and waited for) when it loses."""
+        deadline. `work` is cancelled (and waited for) when it loses; the watch on the client
+        is only cancelled (waiting for that would delay every answer by a loop turn)."""
         task = asyncio.ensure_future(work)
         watch = asyncio.ensure_future(_until_disconnected(request))
         timeout_s = max(0.0, self.deadline - asyncio.get_running_loop().time())
@@ -115,10 +119,11 @@ class DirectCall:
             await asyncio.wait({task, watch}, timeout=timeout_s,
                                return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for pending in (task, watch):
-                pending.cancel()
-            with contextlib.suppress(BaseException):
-                await asyncio.gather(task, watch, return_exceptions=True)
+            watch.cancel()
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await asyncio.gather(task, return_exceptions=True)
         if task.done() and not task.cancelled():
             return task.result()
         if watch.done() and not watch.cancelled():

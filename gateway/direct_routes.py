@@ -12,6 +12,7 @@ it is an ordinary JSON answer with its status; after that, errors are sent as ev
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -21,6 +22,7 @@ from typing import Annotated, Any
 import anyio
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.background import BackgroundTask
 
 from core.contract import JobKind, JobRecord, JobStatus
 from gateway.auth import Owner
@@ -34,6 +36,7 @@ from gateway.sse_relay import (
     DIVERGED_CODE,
     ChatChunks,
     Frames,
+    Pieces,
     StreamDiverged,
     StreamEnd,
     TextRelay,
@@ -46,36 +49,41 @@ GatewayDep = Annotated[Gateway, Depends(gateway)]
 CLIENT_CLOSED = 499  # never seen by the client: it has gone
 _PARAM = re.compile(r'"body\.([^"]+)"')
 _STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-Pieces = AsyncGenerator[str | StreamEnd, None]  # the final attempt's text, then its end
+Relayed = AsyncGenerator[Pieces, None]  # the final attempt's text, then its end
+
+
+# The call routes take the `Gateway` from the request rather than as a dependency, and
+# answer with a `Response` (nothing for FastAPI to validate or encode): every dependency and
+# every model costs FastAPI time on each call.
 
 
 @router.post("/chat/completions")
-async def chat_completions(request: Request, _: Owner, gw: GatewayDep) -> Response:
-    return await _direct(request, gw, JobKind.CHAT)
+async def chat_completions(request: Request, _: Owner) -> Response:
+    return await _direct(request, await gateway(request), JobKind.CHAT)
 
 
 @router.post("/responses")
-async def responses(request: Request, _: Owner, gw: GatewayDep) -> Response:
-    return await _direct(request, gw, JobKind.RESPONSES)
+async def responses(request: Request, _: Owner) -> Response:
+    return await _direct(request, await gateway(request), JobKind.RESPONSES)
 
 
 @router.post("/embeddings")
-async def embeddings(request: Request, _: Owner, gw: GatewayDep) -> Response:
-    return await _direct(request, gw, JobKind.EMBEDDINGS)
+async def embeddings(request: Request, _: Owner) -> Response:
+    return await _direct(request, await gateway(request), JobKind.EMBEDDINGS)
 
 
 @router.get("/models")
-async def list_models(_: Owner, gw: GatewayDep) -> dict[str, Any]:
-    return {"object": "list", "data": _models(await _known(gw))}
+async def list_models(_: Owner, gw: GatewayDep) -> JSONResponse:
+    return JSONResponse({"object": "list", "data": _models(await _known(gw))})
 
 
 @router.get("/models/{model:path}")
-async def retrieve_model(model: str, _: Owner, gw: GatewayDep) -> dict[str, Any]:
+async def retrieve_model(model: str, _: Owner, gw: GatewayDep) -> JSONResponse:
     found = [entry for entry in _models(await _known(gw)) if entry["id"] == model]
     if not found:
         raise OpenAIError(404, f"The model '{model}' does not exist or no proxy serves it.",
                           param="model", code="model_not_found")
-    return found[0]
+    return JSONResponse(found[0])
 
 
 async def _known(gw: Gateway) -> Snapshot:
@@ -135,17 +143,19 @@ async def _direct(request: Request, gw: Gateway, kind: JobKind) -> Response:
         return await _stream(request, call, kind, str(model or proxy), include_usage)
     try:
         record = await call.race(request, outcome(call.job))
-    except ClientGone:
-        return Response(status_code=CLIENT_CLOSED)
-    except TimeoutError:
-        raise call.timed_out() from None
-    else:
-        call.finished = True
-        if record.result is None or record.status is not JobStatus.SUCCEEDED:
-            return Failure.of(record).response(call.headers(record))
-        return JSONResponse(record.result, headers=call.headers(record))
-    finally:
+    except BaseException as exc:
         await call.end()
+        if isinstance(exc, ClientGone):
+            return Response(status_code=CLIENT_CLOSED)
+        if isinstance(exc, TimeoutError):
+            raise call.timed_out() from None
+        raise
+    call.finished = True
+    # The slot is freed once the answer is sent: the client does not wait for that.
+    freed = BackgroundTask(call.end)
+    if record.result is None or record.status is not JobStatus.SUCCEEDED:
+        return Failure.of(record).response(call.headers(record), freed)
+    return JSONResponse(record.result, headers=call.headers(record), background=freed)
 
 
 # ---- streams -------------------------------------------------------------------------------
@@ -162,11 +172,12 @@ async def _stream(request: Request, call: DirectCall, kind: JobKind, model: str,
                   include_usage: bool) -> Response:
     """Wait for the first text (or the end) as a plain call, then relay the rest as SSE."""
     relay = TextRelay()
-    pieces = final_attempt_text(call.job.stream(), relay)
+    timeout_s = call.deadline - asyncio.get_running_loop().time()
+    relayed = final_attempt_text(call.job.stream_batches(timeout=timeout_s), relay)
     try:
-        first = await call.race(request, anext(pieces, None))
+        first = await call.race(request, anext(relayed, None))
     except BaseException as exc:
-        await _close(pieces)
+        await _close(relayed)
         await call.end()
         if isinstance(exc, ClientGone):
             return Response(status_code=CLIENT_CLOSED)
@@ -176,25 +187,30 @@ async def _stream(request: Request, call: DirectCall, kind: JobKind, model: str,
     if first is None:  # the job ended with no text: answered as a plain call
         record = await call.job.record()
         call.finished = True
-        await _close(pieces)
+        await _close(relayed)
         await call.end()
         return Failure.of(record).response(call.headers(record))
     frames = _frames(kind, call, model, include_usage)
-    return StreamingResponse(_relay(call, pieces, first, frames, relay), headers={
+    return StreamingResponse(_relay(call, relayed, first, frames, relay), headers={
         **call.headers(), **_STREAM_HEADERS}, media_type="text/event-stream")
 
 
-async def _relay(call: DirectCall, pieces: Pieces, first: str | StreamEnd, frames: Frames,
+async def _relay(call: DirectCall, relayed: Relayed, first: Pieces, frames: Frames,
                  relay: TextRelay) -> AsyncIterator[bytes]:
-    """The SSE body; on any end (the client leaving included) the call is ended."""
+    """The SSE body, one write for the pieces that arrived together (not one each: every
+    write is an HTTP frame and a send call); on any end (the client leaving included) the
+    call is ended. The job's stream raises `TimeoutError` at the call's deadline."""
     try:
-        yield frames.start()
-        piece: str | StreamEnd | None = first
-        while isinstance(piece, str):
-            yield frames.text(piece)
+        out = frames.start()
+        pieces: Pieces | None = first
+        while pieces is not None:
+            out += b"".join([frames.text(piece) for piece in pieces if isinstance(piece, str)])
+            if isinstance(pieces[-1], StreamEnd):
+                break
+            yield out
+            out = b""
             try:
-                with anyio.fail_after(max(0.0, call.deadline - anyio.current_time())):
-                    piece = await anext(pieces, None)
+                pieces = await anext(relayed, None)
             except TimeoutError:
                 yield frames.error(call.timed_out().body()["error"])
                 return
@@ -202,20 +218,22 @@ async def _relay(call: DirectCall, pieces: Pieces, first: str | StreamEnd, frame
                 yield frames.error(error_body(str(exc), "server_error",
                                               code=DIVERGED_CODE)["error"])
                 return
+        if out:
+            yield out
         record = await call.job.record()
         call.finished = record.status.is_final
-        yield _last(frames, piece, record, relay.sent)
+        yield _last(frames, pieces[-1] if pieces else None, record, relay.sent)
     finally:
-        await _close(pieces)
+        await _close(relayed)
         await call.end()
 
 
-def _last(frames: Frames, piece: StreamEnd | None, record: JobRecord, text: str) -> bytes:
-    if piece is None:  # the job failed or was cancelled after text was sent
+def _last(frames: Frames, end: str | StreamEnd | None, record: JobRecord, text: str) -> bytes:
+    if not isinstance(end, StreamEnd):  # the job failed or was cancelled after text was sent
         return frames.error(Failure.of(record).error)
-    return frames.end(piece.data, record.result or {}, text)
+    return frames.end(end.data, record.result or {}, text)
 
 
-async def _close(pieces: Pieces) -> None:
+async def _close(relayed: Relayed) -> None:
     with anyio.CancelScope(shield=True):
-        await pieces.aclose()
+        await relayed.aclose()

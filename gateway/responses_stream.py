@@ -14,14 +14,16 @@ in every event, the final response included, so a client that follows a response
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.sse_relay import sse
+from gateway.sse_relay import json_text, sse
 
 END_EVENTS = {"completed": "response.completed", "incomplete": "response.incomplete",
               "failed": "response.failed"}
+DELTA = "response.output_text.delta"
 
 
 @dataclass
@@ -68,8 +70,20 @@ class ResponseEvents:
         ])
 
     def text(self, text: str) -> bytes:
-        return self._event("response.output_text.delta", delta=text, logprobs=[],
-                           **self._where())
+        before, between, after = self._delta_frame
+        return b"".join((before, str(next(self._sequence)).encode(), between,
+                         json_text(text).encode(), after))
+
+    @functools.cached_property
+    def _delta_frame(self) -> tuple[bytes, bytes, bytes]:
+        """A delta event's bytes around its sequence number and its text: the event sent per
+        token is put together from them, not encoded from a dict each time."""
+        number, text = "\x01", "\x00"  # stand-ins, JSON strings here, split off below
+        framed = sse({"type": DELTA, "sequence_number": number, "delta": text,
+                      "logprobs": [], **self._where()}, DELTA)
+        before, _, rest = framed.partition(json_text(number).encode())
+        between, _, after = rest.partition(json_text(text).encode())
+        return before, between, after
 
     def end(self, done: dict[str, Any], result: dict[str, Any], text: str) -> bytes:
         """The message closed with `text` (all that was streamed), then the job's finished

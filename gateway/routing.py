@@ -73,8 +73,8 @@ async def resolve_proxy(gw: Gateway, model: str | None, explicit: str | None) ->
     """The proxy to run a request on; raises `OpenAIError` (400 or 404) naming the candidates.
 
     `explicit`: the proxy the caller chose (header, `metadata.proxy`), or None. What the
-    memoized snapshot cannot find is looked for again in the cache as read after the call
-    began, then after a worker refreshed the cache (see proxy_directory.py)."""
+    last read of the cache cannot find is looked for again in a read begun after the call,
+    then after a worker refreshed the cache (see proxy_directory.py)."""
     asked = time.monotonic()
     default = gw.settings.gateway_default_proxy
     verdict = decide(await gw.proxies.snapshot(), model, explicit, default)

@@ -13,6 +13,7 @@ retry invisible to the client.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
@@ -61,21 +62,33 @@ class StreamEnd:
     data: dict[str, Any]
 
 
-async def final_attempt_text(events: AsyncIterator[StreamEvent],
-                             relay: TextRelay) -> AsyncGenerator[str | StreamEnd, None]:
-    """New text as it comes (never empty), then `StreamEnd` when the job succeeded. Ends
-    without `StreamEnd` when the job ended otherwise (failed, cancelled)."""
-    async for event in events:
-        if event.kind == "restart":
-            relay.restart()
-        elif event.kind == "delta":
-            new = relay.add(event.text)
-            if new:
-                yield new
-        elif event.kind == "done":
-            yield StreamEnd(event.data)
-            return
-        # `error`: that attempt failed; a retry's `restart` or the job's end follows.
+Pieces = list[str | StreamEnd]  # new text (never empty), maybe ending with the `StreamEnd`
+
+
+async def final_attempt_text(batches: AsyncIterator[list[StreamEvent]],
+                             relay: TextRelay) -> AsyncGenerator[Pieces, None]:
+    """The pieces of each batch of events that has any, the last one ending with
+    `StreamEnd` when the job succeeded; no `StreamEnd` when it ended otherwise (failed,
+    cancelled). A batch is what arrived together: its text goes out in one write."""
+    async for events in batches:
+        pieces: Pieces = []
+        for event in events:
+            if event.kind == "restart":
+                relay.restart()
+            elif event.kind == "delta":
+                new = relay.add(event.text)
+                if new:
+                    pieces.append(new)
+            elif event.kind == "done":
+                pieces.append(StreamEnd(event.data))
+                yield pieces
+                return
+            # `error`: that attempt failed; a retry's `restart` or the job's end follows.
+        if pieces:
+            yield pieces
+
+
+json_text = json.JSONEncoder(ensure_ascii=False).encode  # a str as a JSON string
 
 
 def sse(data: Any, event: str | None = None) -> bytes:
@@ -113,6 +126,16 @@ class ChatChunks:
     model: str
     include_usage: bool
 
+    @functools.cached_property
+    def _text_frame(self) -> tuple[bytes, bytes]:
+        """A text chunk's bytes before and after its text: the frame sent per token is put
+        together around the text, not encoded from a dict each time."""
+        marker = json_text("\x00").encode()  # content is the last key that varies
+        before, _, after = self._chunk([{"index": 0, "delta": {"content": "\x00"},
+                                         "logprobs": None, "finish_reason": None}]
+                                       ).rpartition(marker)
+        return before, after
+
     def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
         chunk: dict[str, Any] = {"id": self.id, "object": "chat.completion.chunk",
                                  "created": self.created, "model": self.model,
@@ -126,8 +149,8 @@ class ChatChunks:
                              "logprobs": None, "finish_reason": None}])
 
     def text(self, text: str) -> bytes:
-        return self._chunk([{"index": 0, "delta": {"content": text}, "logprobs": None,
-                             "finish_reason": None}])
+        before, after = self._text_frame
+        return before + json_text(text).encode() + after
 
     def end(self, done: dict[str, Any], result: dict[str, Any], text: str) -> bytes:
         """The last chunk, the usage chunk when asked for (`choices: []`), `[DONE]`."""

@@ -169,10 +169,13 @@ def worker(
     name: str | None = typer.Option(None, help="Node name (default: mpq-<pid>@host)."),
 ) -> None:
     """Run a worker: a Celery threads pool whose slots share one event loop."""
+    from core.celery_app import consumed_queues  # noqa: PLC0415 - imports Celery
+
     settings = _celery_settings()
     _exec_celery([
         "worker", "--pool=threads", f"--concurrency={slots or settings.worker_slots}",
-        "-Q", queues, f"--loglevel={loglevel}", "-n", name or f"mpq-{os.getpid()}@%h",
+        "-Q", consumed_queues(settings, queues), f"--loglevel={loglevel}",
+        "-n", name or f"mpq-{os.getpid()}@%h",
     ])
 
 

@@ -11,14 +11,15 @@ attempt's text.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast, get_args
 
-from core.contract import FINAL, ChunkEntry, JobRecord, JobStatus
+from core.contract import FINAL, ChunkKind, JobRecord, JobStatus
 from core.embeddings import Embedding
-from core.store import JobStore
+from core.store import JobStore, StreamEntries
 from modelproxy.portal import iterate_sync, run_sync
 from producer.embeddings import embeddings_of, with_vectors
 from producer.stream_reader import Follow, StreamReader
@@ -26,6 +27,7 @@ from producer.stream_reader import Follow, StreamReader
 POLL_MIN_S = 0.02
 POLL_MAX_S = 0.5
 STREAM_BLOCK_S = 0.5  # quiet this long: look whether the job ended without a `done`
+CHUNK_KINDS: frozenset[str] = frozenset(get_args(ChunkKind))
 
 
 class JobNotFoundError(LookupError):
@@ -87,10 +89,40 @@ async def wait_final(store: JobStore, job_id: str, timeout_s: float | None) -> J
         delay_s = min(delay_s * 1.5, POLL_MAX_S)
 
 
-def _event(entry_id: str, entry: ChunkEntry) -> StreamEvent:
-    payload = entry.payload()
+def _event(entry_id: str, fields: Mapping[str, str]) -> StreamEvent:
+    """A chunk entry's event, its fields read as `ChunkEntry.to_redis` writes them. This runs
+    for every chunk of every stream followed: validating a `ChunkEntry` for each made it
+    twice as slow."""
+    kind = fields["kind"]
+    if kind not in CHUNK_KINDS:
+        raise ValueError(f"chunk entry {entry_id} of an unknown kind: {kind!r}")
+    payload = json.loads(fields.get("data", "null"))
     data = payload if isinstance(payload, dict) else {}
-    return StreamEvent(entry_id, entry.attempt, entry.kind, str(data.get("text", "")), data)
+    return StreamEvent(entry_id, int(fields["attempt"]), cast(ChunkKind, kind),
+                       str(data.get("text", "")), data)
+
+
+@dataclass
+class _Attempts:
+    """Which entries of a job's stream become events: once an attempt was seen, entries of
+    older ones are skipped, and a newer one begins with a `restart`."""
+
+    seen: int = 0
+
+    def events(self, entries: StreamEntries) -> tuple[list[StreamEvent], bool]:
+        """The events of `entries` up to a `done`, and whether one came."""
+        events: list[StreamEvent] = []
+        for entry_id, fields in entries:
+            event = _event(entry_id, fields)
+            if event.attempt < self.seen:
+                continue  # a superseded attempt's: its text is dropped already
+            if self.seen and event.attempt > self.seen:
+                events.append(StreamEvent(entry_id, event.attempt, "restart"))
+            self.seen = event.attempt
+            events.append(event)
+            if event.kind == "done":
+                return events, True
+        return events, False
 
 
 class AsyncJob:
@@ -133,35 +165,42 @@ class AsyncJob:
         """Cancel unless already final; a running stream stops within a second."""
         return await self._store.cancel(self.id)
 
-    async def stream(self, last_id: str = "0") -> AsyncIterator[StreamEvent]:
+    async def stream(self, last_id: str = "0", timeout: float | None = None,
+                     ) -> AsyncIterator[StreamEvent]:
         """Chunks as they arrive (resumable from `last_id`), ending with the final
-        attempt's `done`, or when the job ends without one (failed, cancelled)."""
+        attempt's `done`, or when the job ends without one (failed, cancelled).
+        `JobTimeoutError` when it has not ended `timeout` s from now (the job runs on)."""
+        async for batch in self.stream_batches(last_id, timeout):
+            for event in batch:
+                yield event
+
+    async def stream_batches(self, last_id: str = "0", timeout: float | None = None,
+                             ) -> AsyncIterator[list[StreamEvent]]:
+        """`stream()`'s events in the groups they arrived in (never empty), for a consumer
+        that passes them on in one write per group rather than one per chunk."""
         reader = self._reader or StreamReader(self._store)
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
         try:
             async with reader.follow(self.id, last_id) as follow:
-                async for event in self._events(follow):
-                    yield event
+                async for batch in self._batches(follow, deadline):
+                    yield batch
         finally:
             if reader is not self._reader:
                 await reader.aclose()
 
-    async def _events(self, follow: Follow) -> AsyncIterator[StreamEvent]:
-        attempt_seen = 0
+    async def _batches(self, follow: Follow, deadline: float | None,
+                       ) -> AsyncIterator[list[StreamEvent]]:
+        attempts = _Attempts()
         delivered = follow.position  # the last entry yielded or skipped
         while True:
-            entries = await follow.read(STREAM_BLOCK_S)
-            for entry_id, fields in entries:
-                entry = ChunkEntry.from_redis(fields)
-                delivered = entry_id
-                if entry.attempt < attempt_seen:
-                    continue  # a superseded attempt's: its text is dropped already
-                if attempt_seen and entry.attempt > attempt_seen:
-                    yield StreamEvent(entry_id, entry.attempt, "restart")
-                attempt_seen = entry.attempt
-                yield _event(entry_id, entry)
-                if entry.kind == "done":
-                    return
+            entries = await follow.read(self._block_s(deadline))
             if entries:
+                events, done = attempts.events(entries)
+                if events:
+                    yield events
+                if done:
+                    return
+                delivered = entries[-1][0]
                 continue
             # Quiet for a while: stop once the job has ended and nothing is left to read.
             # From what was yielded, not from the follow's position: entries that reached
@@ -170,6 +209,15 @@ class AsyncJob:
             ended = record is None or record.status in FINAL
             if ended and await self._drained(delivered):
                 return
+
+    def _block_s(self, deadline: float | None) -> float:
+        """How long the next read may wait; `JobTimeoutError` once `deadline` is past."""
+        if deadline is None:
+            return STREAM_BLOCK_S
+        left_s = deadline - asyncio.get_running_loop().time()
+        if left_s <= 0:
+            raise JobTimeoutError(f"the stream of job {self.id} did not end in time")
+        return min(STREAM_BLOCK_S, left_s)
 
     async def _drained(self, last_id: str) -> bool:
         return not await self._store.read_chunks(self.id, last_id, count=1)
@@ -203,5 +251,6 @@ class Job:
     def cancel(self) -> bool:
         return run_sync(self._job.cancel())
 
-    def stream(self, last_id: str = "0") -> Iterator[StreamEvent]:
-        return iterate_sync(self._job.stream(last_id))
+    def stream(self, last_id: str = "0", timeout: float | None = None,
+               ) -> Iterator[StreamEvent]:
+        return iterate_sync(self._job.stream(last_id, timeout))

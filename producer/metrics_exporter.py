@@ -5,8 +5,9 @@ Serves `http://127.0.0.1:9640/metrics` (MPQ_METRICS_ADDRESS / MPQ_METRICS_PORT):
 - the counters the workers keep in `{prefix}metrics` (`worker.metrics`): jobs by kind and
   state, tokens by proxy and type, rate-limiter waits, upstream errors and 429s, stream
   chunks;
-- `mpq_queue_length{queue}`: messages waiting in the `inference` and `management` queues
-  (Redis broker; read under the broker's key prefix);
+- `mpq_queue_length{queue,lane}`: messages waiting in the `inference` and `management`
+  queues, per lane (interactive, batch; Redis broker: each lane is a list of its own, read
+  under the broker's key prefix);
 - `mpq_metrics_up`: 1 when Redis answered this scrape.
 
 Each scrape costs one HGETALL and one pipelined LLEN. `mpq flower` adds the same collector
@@ -30,7 +31,7 @@ from redis.exceptions import RedisError
 
 from core.celery_app import broker_url
 from core.contract import RedisHash, decode_hash
-from core.dispatch import QUEUES
+from core.dispatch import QUEUES, REDIS_PRIORITIES, Lane
 from core.keys import Keys
 from core.settings import Settings
 from producer.cli_common import EXIT_USAGE, fail
@@ -104,13 +105,14 @@ class MpqCollector:
         yield from self._counters(counters)
         yield from self._gauges(lengths, up=True)
 
-    def _queue_lengths(self) -> dict[str, int]:
+    def _queue_lengths(self) -> dict[LabelValues, int]:
         if self._queues is None or self._broker is None:
             return {}
+        lists = [(queue, lane) for queue in QUEUES for lane in Lane]
         pipe = self._broker.pipeline(transaction=False)
-        for name in QUEUES:
-            pipe.llen(self._queues.keys.broker_queue(name))
-        return dict(zip(QUEUES, pipe.execute(), strict=True))
+        for queue, lane in lists:
+            pipe.llen(self._queues.keys.broker_queue(queue, REDIS_PRIORITIES[lane]))
+        return dict(zip(lists, pipe.execute(), strict=True))
 
     @staticmethod
     def _counters(samples: dict[str, dict[LabelValues, float]]) -> Iterable[Metric]:
@@ -121,11 +123,11 @@ class MpqCollector:
             yield family
 
     @staticmethod
-    def _gauges(lengths: dict[str, int], *, up: bool) -> Iterable[Metric]:
-        queue = GaugeMetricFamily("mpq_queue_length", "Messages waiting in each queue "
-                                  "(Redis broker).", labels=["queue"])
-        for name, length in sorted(lengths.items()):
-            queue.add_metric([name], length)
+    def _gauges(lengths: dict[LabelValues, int], *, up: bool) -> Iterable[Metric]:
+        queue = GaugeMetricFamily("mpq_queue_length", "Messages waiting in each queue, by "
+                                  "lane (Redis broker).", labels=["queue", "lane"])
+        for labels, length in sorted(lengths.items()):
+            queue.add_metric(list(labels), length)
         yield queue
         yield GaugeMetricFamily("mpq_metrics_up", "1 when Redis answered this scrape.",
                                 value=1 if up else 0)

@@ -42,15 +42,18 @@ class Follow:
         self._entries: StreamEntries = []
         self._error: BaseException | None = None
         self._arrived = asyncio.Event()
+        # A read waits until entries come or `_quiet_at` (loop time). Its timer is moved on
+        # lazily, not made anew for each read: reads come every chunk or two, and a timer
+        # each (asyncio.timeout) cost a tenth of a relaying gateway's CPU.
+        self._waiting = False
+        self._quiet_at = 0.0
+        self._timer: asyncio.TimerHandle | None = None
 
     async def read(self, block_s: float) -> StreamEntries:
         """The entries that arrived since the last call; waits up to `block_s` for one."""
         self._reader.ensure_reading()
         if not self._entries and self._error is None:
-            # asyncio.timeout, not wait_for: that one starts a task for every read.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(block_s):
-                    await self._arrived.wait()
+            await self._wait(block_s)
         self._arrived.clear()
         if self._error is not None:
             error, self._error = self._error, None
@@ -58,8 +61,38 @@ class Follow:
         entries, self._entries = self._entries, []
         return entries
 
+    async def _wait(self, block_s: float) -> None:
+        loop = asyncio.get_running_loop()
+        self._quiet_at = loop.time() + block_s
+        if self._timer is None or self._timer.when() > self._quiet_at:
+            self.stop_timer()
+            self._timer = loop.call_at(self._quiet_at, self._on_timer)
+        self._waiting = True
+        try:
+            await self._arrived.wait()
+        finally:
+            self._waiting = False
+
+    def _on_timer(self) -> None:
+        """Ends the read waiting if it is due, else waits on till it is (a later read moved
+        `_quiet_at`); a timer that finds no read waiting just stops."""
+        self._timer = None
+        if not self._waiting:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() >= self._quiet_at:
+            self._arrived.set()
+        else:
+            self._timer = loop.call_at(self._quiet_at, self._on_timer)
+
+    def stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
     def offer(self, entries: StreamEntries) -> None:
-        fresh = [e for e in entries if _position(e[0]) > _position(self.position)]
+        after = _position(self.position)
+        fresh = [e for e in entries if _position(e[0]) > after]
         if fresh:
             self._entries += fresh
             self.position = fresh[-1][0]
@@ -101,6 +134,7 @@ class StreamReader:
             self.ensure_reading()
             yield follow
         finally:
+            follow.stop_timer()
             self._follows[follow.key].remove(follow)
             self._settle(follow.key)
 

@@ -18,7 +18,7 @@ does not exist (`ProxyNotFoundError`) or whose name breaks the rule counts under
 ``(unknown proxy)``, names past the cap under ``(other proxies)`` (neither can be a proxy's
 name). So the hash holds the two buckets and at most ``max_proxies`` names per worker
 process that wrote to it; the other labels take their values from the code (job kinds,
-states, error classes). Each flush also renews the hash's TTL (the result retention): it is
+states, error classes, lanes). Each flush also renews the hash's TTL (the result retention): it is
 gone once no worker writes to it any more, and the next one starts from zero (a counter
 reset, which Prometheus's `rate()` handles).
 """
@@ -69,6 +69,8 @@ PERMIT_WAIT_SECONDS = "mpq_ratelimit_wait_seconds"
 ATTEMPT_ERRORS = "mpq_attempt_errors"
 UPSTREAM_429 = "mpq_upstream_429"
 STREAM_CHUNKS = "mpq_stream_chunks"
+QUEUE_WAITS = "mpq_queue_waits"
+QUEUE_WAIT_SECONDS = "mpq_queue_wait_seconds"
 
 METRICS: Mapping[str, MetricSpec] = {
     JOBS: MetricSpec(
@@ -91,6 +93,12 @@ METRICS: Mapping[str, MetricSpec] = {
                              ("proxy",)),
     STREAM_CHUNKS: MetricSpec("Entries written to job chunk streams (deltas and the final "
                               "done/error entry), by proxy.", ("proxy",)),
+    QUEUE_WAITS: MetricSpec("Jobs taken from the queue and started, by lane (interactive: "
+                            "jobs without a batch; batch: batch lines).", ("lane",)),
+    QUEUE_WAIT_SECONDS: MetricSpec(
+        "Seconds jobs waited from their latest publish to their start (a requeue's countdown "
+        "included), by lane: divided by mpq_queue_waits, the mean wait.", ("lane",),
+        scale=0.001),
 }
 
 # Usage fields of chat completions and of the Responses API, by token type.
@@ -156,6 +164,12 @@ class MetricsRecorder:
 
     def job_outcome(self, kind: str, state: str) -> None:
         self.add(JOBS, kind=kind, state=state)
+
+    def queue_wait(self, lane: str, waited_s: float | None) -> None:
+        if waited_s is None:
+            return
+        self.add(QUEUE_WAITS, lane=lane)
+        self.add(QUEUE_WAIT_SECONDS, round(waited_s * 1000), lane=lane)
 
     def tokens(self, proxy: str, usage: Mapping[str, Any] | None) -> None:
         for name, token_type in _USAGE_FIELDS.items():

@@ -9,21 +9,23 @@ no live lease, no pending backoff, that no unacked message names, and whose mess
 still be waiting in its queue, gets a new message. A duplicate is harmless (claims are
 fenced) but costs a delivery, so only a job shown to have no message is sent again.
 
-Waiting or gone, without reading a long queue: a queue is FIFO (publishers LPUSH, consumers
-BRPOP the other end; a message kombu restores goes back to the consuming end, and it was
-published before everything still queued). So a queued message was published after each of
-the oldest ones, the TAIL messages at the consuming end, which are the only ones read. Each
+Waiting or gone, without reading a long queue: each list of a queue is FIFO (a queue has
+one per lane, core/dispatch.py, and a job's messages all go to the list of its lane;
+publishers LPUSH, consumers BRPOP the other end; a message kombu restores goes back to the
+consuming end of its list, and it was published before everything still queued there). So
+a queued message was published after each of the oldest ones of its list, the TAIL
+messages at the consuming end, which are the only ones read. Each
 of them was published after its *floor*: its job's `created_at`, or for a requeue (a retry
 with a countdown, which never exceeds `requeue_max_delay_s`) its ETA minus that. A job's
 newest message was published by its *last send*: every publish, requeue and resend stamps
 `published_ms` on its record (core/store.py), and a deferral of a busy job, not stamped,
 goes before that job's lease or backoff ends. A job not named by a tail message, whose last
 send is older than the newest floor minus `grace_s` (clocks of several hosts, a stamp
-written just before its message), has no message left in the queue. An empty queue holds
+written just before its message), has no message left in its list. An empty list holds
 none at all.
 
 Cost per sweep, whatever the queues' lengths: one ZRANGEBYSCORE, one MULTI with an LRANGE
-of TAIL messages per queue and the HVALS of the unacked messages, one pipeline of an HGET
+of TAIL messages per list and the HVALS of the unacked messages, one pipeline of an HGET
 per tail message, up to LIMIT HGETALL, one ZADD.
 
 Left to a later sweep, or a rare duplicate: a message between BRPOP and its unacked record;
@@ -46,7 +48,7 @@ from celery import Celery
 from pydantic import ValidationError
 
 from core.contract import FINAL, JobKind, JobRecord
-from core.dispatch import QUEUES, publish, queue_for
+from core.dispatch import QUEUES, REDIS_PRIORITIES, Lane, lane_of, publish, queue_for
 from core.internals.kombu_messages import read_queued
 from core.store import PUBLISHED_MS
 from worker.runtime import Runtime
@@ -56,13 +58,15 @@ LIMIT = 1000
 TAIL = 10  # oldest messages read per queue
 _JOB_ID = re.compile(r"[0-9a-f]{32}")  # core.contract.new_id
 _UNKNOWN = -math.inf
+# Every list a job's message can wait in: a queue's, in a lane.
+LISTS: tuple[tuple[str, Lane], ...] = tuple((queue, lane) for queue in QUEUES for lane in Lane)
 
 
 @dataclass(frozen=True)
 class Broker:
-    """One atomic look at the broker: the tail of each queue, and the unacked messages."""
+    """One atomic look at the broker: the tail of each list, and the unacked messages."""
 
-    tails: Mapping[str, Sequence[str]]  # queue -> its oldest messages
+    tails: Mapping[tuple[str, Lane], Sequence[str]]  # (queue, lane) -> its oldest messages
     unacked: Sequence[str]
 
     def named(self) -> set[str]:
@@ -97,7 +101,7 @@ async def sweep(rt: Runtime, celery: Celery, grace_s: float) -> int:
     horizons = await _horizons(rt, broker, grace_s * 1000)
     named = broker.named()
     orphans = [c.record for c in candidates if c.record.id not in named
-               and c.last_send_ms < horizons[queue_for(JobKind(c.record.kind))]]
+               and c.last_send_ms < horizons[list_of(c.record)]]
     if orphans:
         logger.warning("%d jobs had no broker message: sending them again: %s",
                        len(orphans), " ".join(r.id for r in orphans[:10]))
@@ -143,13 +147,18 @@ def _sort_out(
     return done, waiting, candidates
 
 
+def list_of(record: JobRecord) -> tuple[str, Lane]:
+    """The list a job's messages wait in."""
+    return queue_for(JobKind(record.kind)), lane_of(record)
+
+
 async def _look_at_broker(rt: Runtime) -> Broker:
     async with rt.redis.pipeline(transaction=True) as pipe:
-        for queue in QUEUES:
-            pipe.lrange(rt.keys.broker_queue(queue), -TAIL, -1)
+        for queue, lane in LISTS:
+            pipe.lrange(rt.keys.broker_queue(queue, REDIS_PRIORITIES[lane]), -TAIL, -1)
         pipe.hvals(rt.keys.broker_unacked())
         *tails, unacked = await pipe.execute()
-    return Broker(dict(zip(QUEUES, [[_text(m) for m in t] for t in tails], strict=True)),
+    return Broker(dict(zip(LISTS, [[_text(m) for m in t] for t in tails], strict=True)),
                   [_text(m) for m in unacked])
 
 
@@ -157,21 +166,22 @@ def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-async def _horizons(rt: Runtime, broker: Broker, grace_ms: float) -> dict[str, float]:
-    """Per queue: a job last sent before this (ms) has no message left in it."""
-    parsed = {queue: [_read_message(m) for m in messages]
-              for queue, messages in broker.tails.items()}
+async def _horizons(rt: Runtime, broker: Broker,
+                    grace_ms: float) -> dict[tuple[str, Lane], float]:
+    """Per list: a job last sent before this (ms) has no message left in it."""
+    parsed = {where: [_read_message(m) for m in messages]
+              for where, messages in broker.tails.items()}
     created = await _created_ms(rt, {job_id for entries in parsed.values()
                                      for job_id, _ in entries if job_id})
     longest_countdown_ms = rt.settings.requeue_max_delay_s * 1000
-    horizons: dict[str, float] = {}
-    for queue, entries in parsed.items():
-        if not broker.tails[queue]:
-            horizons[queue] = math.inf  # empty: every message published so far is taken
+    horizons: dict[tuple[str, Lane], float] = {}
+    for where, entries in parsed.items():
+        if not broker.tails[where]:
+            horizons[where] = math.inf  # empty: every message published so far is taken
             continue
         floors = [max(created.get(job_id or "", _UNKNOWN), eta_ms - longest_countdown_ms)
                   for job_id, eta_ms in entries]
-        horizons[queue] = max(floors, default=_UNKNOWN) - grace_ms
+        horizons[where] = max(floors, default=_UNKNOWN) - grace_ms
     return horizons
 
 

@@ -1,8 +1,7 @@
-"""Proxy state cached in Redis, shared by every worker: one hash per proxy at ``keys.proxy(name)``.
-
-Fields: ``props`` (the proxy's wire JSON), ``status``, ``model`` (the name callers address),
-``fetched_at`` (Redis ``TIME`` in seconds, taken just before the fetch, so an entry's age
-never understates its data's) and ``state`` (``present`` | ``vanished``).
+"""Proxy state cached in Redis, shared by every worker (and read by the gateway): one hash
+per proxy, and the set of the names cached as present; core/proxy_entries.py has the format.
+An entry's ``fetched_at`` is taken just before the fetch, so its age never understates its
+data's.
 
 The beat task keeps entries fresh with `ProxyCache.refresh_all`; `ProxyCache.get` refreshes a
 stale entry on demand, so a stopped beat costs latency, never correctness. A proxy the server
@@ -18,15 +17,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.typing import EncodableT, FieldT
 
 from core.contract import decode_hash
 from core.keys import Keys
+from core.proxy_entries import (
+    STATE,
+    VANISHED,
+    decode_entry,
+    present_fields,
+    vanished_fields,
+)
 from modelproxy import Config, ModelProxy
 from modelproxy.errors import ProxyNotFoundError, ResourceNotExistError
 from modelproxy.models import ModelProxyProps, Status, model_name_for
@@ -34,15 +39,11 @@ from worker.ratelimit.policy import Limits, declared_limits
 
 logger = logging.getLogger(__name__)
 
-PRESENT = "present"
-VANISHED = "vanished"
 # A vanished proxy may be re-created at any moment: re-ask the server this often at least.
 NEGATIVE_MAX_AGE_S = 5.0
 MEMO_S = 1.0  # in-process reuse of a cached proxy (other processes see changes after this)
 # Vanished entries expire after this, so names of deleted proxies do not pile up in Redis.
 VANISHED_RETENTION_S = 3600
-_SCAN_COUNT = 500
-_GLOB_SPECIAL = frozenset("*?[]\\")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,13 +68,8 @@ class CachedProxy:
         return declared_limits(config.policies if config else None)
 
     def to_hash(self) -> dict[FieldT, EncodableT]:
-        return {
-            "props": self.props.model_dump_json(by_alias=True, exclude_none=True),
-            "status": self.status or "",
-            "model": self.model,
-            "fetched_at": repr(self.fetched_at),
-            "state": PRESENT,
-        }
+        props = self.props.model_dump_json(by_alias=True, exclude_none=True)
+        return _mapping(present_fields(props, self.status, self.model, self.fetched_at))
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,17 +90,19 @@ class _Entry:
 
 def _parse_entry(name: str, fields: Mapping[str, str]) -> _Entry | None:
     """The stored entry, or None when absent or unreadable (then it is fetched again)."""
-    if not fields:
-        return None
     try:
-        fetched_at = float(fields["fetched_at"])
-        if fields["state"] == VANISHED:
-            return _Entry(fetched_at, None)
-        props = ModelProxyProps.model_validate_json(fields["props"])
-    except (KeyError, ValueError, ValidationError):
+        stored = decode_entry(fields)
+        if stored is None or stored.props is None:
+            return None if stored is None else _Entry(stored.fetched_at, None)
+        props = ModelProxyProps.model_validate_json(stored.props)
+    except ValueError:  # pydantic's ValidationError is one
         logger.warning("unreadable cache entry for proxy %s; fetching it again", name)
         return None
-    return _Entry(fetched_at, CachedProxy.from_props(name, props, fetched_at))
+    return _Entry(stored.fetched_at, CachedProxy.from_props(name, props, stored.fetched_at))
+
+
+def _mapping(fields: dict[str, str]) -> dict[FieldT, EncodableT]:
+    return dict(fields.items())
 
 
 def _text(value: str | bytes) -> str:
@@ -114,10 +112,6 @@ def _text(value: str | bytes) -> str:
 def _server_time_s(reply: tuple[int, int]) -> float:
     seconds, micros = reply
     return seconds + micros / 1_000_000
-
-
-def _glob_escape(text: str) -> str:
-    return "".join(f"\\{c}" if c in _GLOB_SPECIAL else c for c in text)
 
 
 def _cacheable_name(proxy: ModelProxyProps) -> str | None:
@@ -187,7 +181,10 @@ class ProxyCache:
 
     async def invalidate(self, name: str) -> None:
         self._memo.pop(name, None)
-        await self.redis.delete(self.keys.proxy(name))
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.delete(self.keys.proxy(name))
+        pipe.srem(self.keys.proxies(), name)
+        await pipe.execute()
 
     def _is_fresh(self, entry: _Entry, now_s: float) -> bool:
         max_age_s = self.max_age_s if entry.proxy is not None else self.negative_max_age_s
@@ -231,39 +228,34 @@ class ProxyCache:
             for proxy in proxies
             if (name := _cacheable_name(proxy)) is not None
         ]
-        gone = await self._newly_vanished({e.name for e in entries})
-        await self._write(entries, gone, now_s)
+        gone, unindexed = await self._newly_vanished({e.name for e in entries})
+        await self._write(entries, gone, now_s, unindexed)
         return _report(proxies, len(gone))
 
-    async def _cached_names(self) -> AsyncIterator[str]:
-        key_prefix = self.keys.proxy("*")[:-1]  # Keys accepts '*' as a name
-        match = f"{_glob_escape(key_prefix)}*"
-        async for key in self.redis.scan_iter(match=match, count=_SCAN_COUNT):
-            name = _text(key)[len(key_prefix) :]
-            if ":" not in name:  # a proxy name has no ':': anything else is not its hash
-                yield name
-
-    async def _newly_vanished(self, listed: set[str]) -> list[str]:
-        unlisted = [name async for name in self._cached_names() if name not in listed]
+    async def _newly_vanished(self, listed: set[str]) -> tuple[list[str], list[str]]:
+        """Of the names cached as present but no longer listed: those to mark vanished, and
+        those whose entry is vanished or gone already (only to drop from the set)."""
+        cached = await self.redis.smembers(self.keys.proxies())
+        unlisted = sorted(name for name in map(_text, cached) if name not in listed)
         if not unlisted:
-            return []
+            return [], []
         pipe = self.redis.pipeline(transaction=False)
         for name in unlisted:
-            pipe.hget(self.keys.proxy(name), "state")
+            pipe.hget(self.keys.proxy(name), STATE)
         states = await pipe.execute()
-        # None: the entry expired since the SCAN, nothing left to mark.
-        return [
-            name
-            for name, state in zip(unlisted, states, strict=True)
-            if state is not None and _text(state) != VANISHED
-        ]
+        present = {name for name, state in zip(unlisted, states, strict=True)
+                   if state is not None and _text(state) != VANISHED}
+        return sorted(present), [name for name in unlisted if name not in present]
 
     # ---- writes ------------------------------------------------------------------------
 
     async def _write(
-        self, present: Iterable[CachedProxy], vanished: Iterable[str], now_s: float
+        self, present: Iterable[CachedProxy], vanished: Iterable[str], now_s: float,
+        unindexed: Iterable[str] = (),
     ) -> None:
-        """Write present entries and vanished marks in one round trip."""
+        """Write present entries, vanished marks and the set of present names in one round
+        trip; `unindexed`: names only to drop from the set."""
+        index = self.keys.proxies()
         pipe = self.redis.pipeline(transaction=False)
         for entry in present:
             key = self.keys.proxy(entry.name)
@@ -271,9 +263,12 @@ class ProxyCache:
             # expiry of an entry that had vanished and is back.
             pipe.hset(key, mapping=entry.to_hash())
             pipe.persist(key)
+            pipe.sadd(index, entry.name)
         for name in vanished:
             key = self.keys.proxy(name)
-            mark: dict[FieldT, EncodableT] = {"state": VANISHED, "fetched_at": repr(now_s)}
-            pipe.hset(key, mapping=mark)
+            pipe.hset(key, mapping=_mapping(vanished_fields(now_s)))
             pipe.expire(key, VANISHED_RETENTION_S)
+            pipe.srem(index, name)
+        for name in unindexed:
+            pipe.srem(index, name)
         await pipe.execute()

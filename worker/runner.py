@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import ValidationError
 
 from core.contract import JobKind, JobRecord, JobStatus
+from core.dispatch import lane_of
 from core.store import Claim
 from modelproxy.errors import ModelProxyError, RateLimitedError
 from worker.inference import JobResult, NoPermit, run_inference
@@ -48,6 +49,7 @@ async def run_job(rt: Runtime, job_id: str) -> Outcome:
     started = time.monotonic()
     logger.info("job %s %s attempt %d started", job_id, job.kind, claim.attempt)
     rt.metrics.job_started(job.kind)
+    rt.metrics.queue_wait(lane_of(job), claim.queued_s)
     outcome = await _attempt(rt, job, claim)
     rt.metrics.job_outcome(job.kind, outcome.status)
     # Why the job did not succeed goes on this one line: an expected failure (a 4xx, a

@@ -15,7 +15,9 @@ tests/integration/test_publish.py compares our messages with the ones `send_task
   `_inplace_augment_message` (body in base64, `body_encoding`, `delivery_tag`,
   `delivery_info` {exchange, routing_key}), as `basic_publish` does;
 - a queue with a direct exchange is published through the anonymous exchange, so its
-  messages go to the list named after the queue (priority 0 has no suffix);
+  messages go to the list named after the queue, and a message of priority p > 0 to the
+  list of p's step (the channel's `_q_for_pri`: the name, `\x06\x16` and the step; they
+  are read steps first, lowest first);
 - an event is PUBLISHed on the channel's topic for the `celeryev` fanout exchange.
 Other cases return None from `direct_routes` and go through `send_task`: other brokers
 (e.g. RabbitMQ), compression, routes that use an exchange or set a priority, and publish
@@ -54,12 +56,14 @@ class Route:
 
 @dataclass(frozen=True)
 class Outgoing:
-    """One task message to write: its task, positional args and Flower summary."""
+    """One task message to write: its task, positional args, Flower summary and message
+    priority."""
 
     task: str
     args: list[Any]
     argsrepr: str
     kwargsrepr: str
+    priority: int = 0
 
 
 def direct_routes(celery: Celery, producer: Any, tasks: Iterable[str]) -> dict[str, Route] | None:
@@ -99,7 +103,8 @@ def write_pipelined(celery: Celery, producer: Any, messages: Sequence[Outgoing],
             for message in messages[start:start + PUBLISH_CHUNK]:
                 route = routes[message.task]
                 envelope, sent_event = builder.envelope(message, route)
-                pipe.lpush(route.queue, envelope)
+                # The list of the message's priority step, as the channel's `_put` picks it.
+                pipe.lpush(producer.channel._q_for_pri(route.queue, message.priority), envelope)
                 if events is not None and sent_event is not None:
                     events.add(pipe, sent_event, route.queue)
             pipe.execute()
@@ -134,17 +139,18 @@ class TaskMessages:
                           delivery_mode=route.delivery_mode)
         envelope = kombu_envelope(self.channel, body, serializer=self.serializer,
                                   headers=headers, properties=properties, exchange="",
-                                  routing_key=route.queue)
+                                  routing_key=route.queue, priority=message.priority)
         return envelope, sent_event
 
 
 def kombu_envelope(channel: Any, body: Any, *, serializer: str, headers: dict[str, Any],
-                   properties: dict[str, Any], exchange: str, routing_key: str) -> str:
+                   properties: dict[str, Any], exchange: str, routing_key: str,
+                   priority: int = 0) -> str:
     """Serialize as `Producer.publish` does, wrap as the Redis channel's `basic_publish`
     does, and return the JSON that its `_put` / `_put_fanout` would write."""
     content_type, content_encoding, payload = serialize(body, serializer=serializer)
-    message = channel.prepare_message(payload, 0, content_type, content_encoding, headers,
-                                      properties)
+    message = channel.prepare_message(payload, priority, content_type, content_encoding,
+                                      headers, properties)
     channel._inplace_augment_message(message, exchange, routing_key)
     text: str = json_dumps(message)
     return text

@@ -607,7 +607,7 @@ def test_exporter_serves_the_workers_figures(scenario: Scenario) -> None:
     assert sample(samples, "mpq_attempt_errors_total", proxy=limited,
                   error="RateLimitedError") == attempts
     assert sample(samples, "mpq_stream_chunks_total", proxy=proxy) > 2
-    assert sample(samples, "mpq_queue_length", queue="inference") == 0
+    assert sample(samples, "mpq_queue_length", queue="inference", lane="interactive") == 0
     assert sample(samples, "mpq_metrics_up") == 1
 
 
@@ -629,6 +629,7 @@ async def test_exporter_reads_counters_and_prefixed_queues(
         "not json": 1, encode_field("mpq_unknown", ()): 1,
         encode_field("mpq_tokens", (("proxy", "p1"),)): 1})  # labels missing: ignored
     await client.lpush(keys.broker_queue("management"), "m1", "m2")
+    await client.lpush(keys.broker_queue("inference", 9), "b1")  # a batch line
     server = serve_metrics(Settings(redis_url=redis_url, key_prefix=keys.prefix),
                            address="127.0.0.1", port=0)
     try:
@@ -636,7 +637,8 @@ async def test_exporter_reads_counters_and_prefixed_queues(
             samples = parse_samples((await http.get(server.url)).text)
     finally:
         server.close()
-        await client.delete(keys.metrics(), keys.broker_queue("management"))
+        await client.delete(keys.metrics(), keys.broker_queue("management"),
+                            keys.broker_queue("inference", 9))
     assert sample(samples, "mpq_jobs_total", kind="chat", state="running") == 1
     assert sample(samples, "mpq_jobs_total", kind="chat", state="succeeded") == 1
     assert sample(samples, "mpq_tokens_total", proxy="p1", type="prompt") == 10
@@ -646,8 +648,9 @@ async def test_exporter_reads_counters_and_prefixed_queues(
     assert sample(samples, "mpq_ratelimit_wait_seconds_total", proxy="p1") == pytest.approx(
         1.751)
     assert sample(samples, "mpq_stream_chunks_total", proxy="p1") == 9
-    assert sample(samples, "mpq_queue_length", queue="management") == 2
-    assert sample(samples, "mpq_queue_length", queue="inference") == 0
+    assert sample(samples, "mpq_queue_length", queue="management", lane="interactive") == 2
+    assert sample(samples, "mpq_queue_length", queue="inference", lane="interactive") == 0
+    assert sample(samples, "mpq_queue_length", queue="inference", lane="batch") == 1
     assert sample(samples, "mpq_metrics_up") == 1
 
 
@@ -666,7 +669,8 @@ def test_metrics_command_serves_until_sigterm(redis_url: str) -> None:
         assert url is not None
         samples = parse_samples(httpx.get(url.group(1), timeout=10).text)
         assert sample(samples, "mpq_metrics_up") == 1
-        assert ("mpq_queue_length", frozenset({("queue", "inference")})) in samples
+        assert ("mpq_queue_length", frozenset({("queue", "inference"),
+                                               ("lane", "batch")})) in samples
     finally:
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=20)

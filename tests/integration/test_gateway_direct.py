@@ -285,6 +285,20 @@ def test_a_call_past_the_timeout_gets_504_and_its_job_is_cancelled(
     assert job_status(gw, caught.value.request_id or "") == JobStatus.CANCELLED
 
 
+def test_a_stream_past_the_timeout_ends_with_a_timeout_error_and_its_job_is_cancelled(
+        gw: GatewayStack) -> None:
+    body = {"model": MODEL, "messages": messages("a story too long"), "stream": True}
+    with gw.stack.emulator_settings(tpot_s=0.05, default_completion_tokens=400), httpx.stream(
+            "POST", f"{gw.base_url}/chat/completions", json=body,
+            headers={"Authorization": f"Bearer {gw.key}"}, timeout=30) as reply:
+        job_id = reply.headers["x-request-id"]
+        events = [json.loads(line[6:]) for line in reply.iter_lines()
+                  if line.startswith("data: {")]
+    assert any(e.get("choices") and e["choices"][0]["delta"].get("content") for e in events)
+    assert events[-1]["error"]["code"] == "timeout"
+    assert job_status(gw, job_id) == JobStatus.CANCELLED
+
+
 def _held(gw: GatewayStack) -> int:
     key = Keys(gw.stack.settings.key_prefix).gateway_interactive()
     return int(run_sync(gw.stack.redis.zcard(key)))

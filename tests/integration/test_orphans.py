@@ -20,7 +20,14 @@ from celery import Celery
 
 from core.celery_app import create_app
 from core.contract import JobKind, JobRecord, JobStatus
-from core.dispatch import INFERENCE_QUEUE, MANAGEMENT_QUEUE, TASK_NAMES, publish
+from core.dispatch import (
+    INFERENCE_QUEUE,
+    MANAGEMENT_QUEUE,
+    REDIS_PRIORITIES,
+    TASK_NAMES,
+    Lane,
+    publish,
+)
 from core.settings import Settings
 from core.store import PUBLISHED_MS
 from worker.orphans import sweep
@@ -78,13 +85,14 @@ async def scores(rt: Runtime) -> dict[str, float]:
     return dict(cast(list[tuple[str, float]], pairs))
 
 
-def broker_key(rt: Runtime, name: str) -> str:
-    return rt.keys.broker_queue(name)
+def broker_key(rt: Runtime, name: str, lane: Lane = Lane.INTERACTIVE) -> str:
+    return rt.keys.broker_queue(name, REDIS_PRIORITIES[lane])
 
 
-async def messages(rt: Runtime, queue: str) -> list[tuple[str, list[Any]]]:
-    """(task name, args) of each message waiting in a queue, oldest first."""
-    raw = await rt.redis.lrange(broker_key(rt, queue), 0, -1)
+async def messages(rt: Runtime, queue: str,
+                   lane: Lane = Lane.INTERACTIVE) -> list[tuple[str, list[Any]]]:
+    """(task name, args) of each message waiting in a queue's lane, oldest first."""
+    raw = await rt.redis.lrange(broker_key(rt, queue, lane), 0, -1)
     found = []
     for item in reversed(raw):
         envelope = json.loads(item)
@@ -301,3 +309,49 @@ async def test_queued_messages_that_tell_nothing_keep_their_jobs_waiting(
 
     assert job.id not in await queued_ids(rt)
     assert (await scores(rt))[job.id] >= now_ms() - SLACK_MS
+
+
+async def batch_lines(rt: Runtime, count: int, age_s: float, batch_id: str) -> list[JobRecord]:
+    """Batch lines created ``age_s`` ago and last sent then, seen waiting then."""
+    at = time.time() - age_s
+    records = await rt.store.create_jobs(
+        [JobRecord(kind=JobKind.CHAT, proxy="p1", request={}, created_at=at)
+         for _ in range(count)], batch_id)
+    await stamp(rt, records, int(at * 1000))
+    await rt.redis.zadd(rt.keys.open_jobs(), {r.id: int(at * 1000) for r in records})
+    return records
+
+
+async def test_lost_batch_line_is_found_in_its_lane(rt: Runtime, celery: Celery) -> None:
+    """Batch lines wait in their own list: a line whose message was taken and lost is found
+    behind younger lines of that list, and sent again into it."""
+    [lost] = await batch_lines(rt, 1, BACKLOG_AGE_S + 600, "b-lost")
+    await sent(celery, lost)
+    backlog = await batch_lines(rt, 20, BACKLOG_AGE_S, "b-lost")
+    await sent(celery, *backlog)
+    assert await messages(rt, INFERENCE_QUEUE) == []  # nothing in the interactive lane
+    taken = await rt.redis.rpop(broker_key(rt, INFERENCE_QUEUE, Lane.BATCH))
+    assert lost.id in str(taken)
+
+    assert await sweep(rt, celery, GRACE_S) == 1
+
+    lane = await messages(rt, INFERENCE_QUEUE, Lane.BATCH)
+    assert Counter(args[0] for _task, args in lane) == Counter(
+        [lost.id, *(r.id for r in backlog)])
+    assert lane[-1][1] == [lost.id]  # the newest message of the batch lane
+    assert await messages(rt, INFERENCE_QUEUE) == []
+    assert await sweep(rt, celery, GRACE_S) == 0
+
+
+async def test_each_lane_has_its_own_horizon(rt: Runtime, celery: Celery) -> None:
+    """Young interactive messages waiting say nothing about the batch lane: a batch line
+    with no message there is sent again; an interactive job behind them is not."""
+    [line] = await batch_lines(rt, 1, BACKLOG_AGE_S, "b-horizon")
+    [single] = await waited(rt, 1, BACKLOG_AGE_S)
+    await sent(celery, single, *(await waited(rt, 3, 1)))  # interactive, one just sent
+
+    assert await sweep(rt, celery, GRACE_S) == 1
+
+    assert await messages(rt, INFERENCE_QUEUE, Lane.BATCH) == [
+        (TASK_NAMES[JobKind.CHAT], [line.id])]
+    assert len(await messages(rt, INFERENCE_QUEUE)) == 4

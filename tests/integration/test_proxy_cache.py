@@ -318,7 +318,7 @@ async def test_refresh_all_writes_marks_vanished_and_counts_failed(
     await cache.get(doomed)
     await ModelProxy.delete_by_name_async(doomed, config=config)
     stray = f"{keys.proxy(ready)}:stray"
-    await client.set(stray, "1")  # not a proxy's hash: the scan must skip it
+    await client.set(stray, "1")  # not a proxy's hash: left alone
 
     report = await cache.refresh_all()
 
@@ -345,6 +345,7 @@ async def test_refresh_all_marks_a_vanished_proxy_once(
 
     assert (first.vanished, second.vanished) == (1, 0)
     assert 0 < ttl_s <= VANISHED_RETENTION_S
+    assert not await client.sismember(keys.proxies(), name)
 
 
 async def test_refresh_all_brings_a_recreated_proxy_back(
@@ -361,6 +362,59 @@ async def test_refresh_all_brings_a_recreated_proxy_back(
     assert (await stored(client, keys.proxy(name)))["state"] == "present"
     assert await client.ttl(keys.proxy(name)) == -1
     assert (await cache.get(name)).status == "READY"
+
+
+# ---------------------------------------------------------------- the set of present names
+
+
+async def listed(client: Redis, keys: Keys) -> set[str]:
+    return {member.decode() for member in await client.smembers(keys.proxies())}
+
+
+async def test_the_set_lists_the_proxies_cached_as_present(
+    cache: ProxyCache, client: Redis, keys: Keys, config: Config
+) -> None:
+    fetched, listed_only, missing = unique(), unique(), unique("missing")
+    await create(config, fetched)
+    await cache.get(fetched)
+    assert await listed(client, keys) == {fetched}
+
+    with pytest.raises(ProxyNotFoundError):
+        await cache.get(missing)  # cached as vanished: not listed
+    await create(config, listed_only)
+    await cache.refresh_all()
+    assert await listed(client, keys) == {fetched, listed_only}
+
+    await cache.invalidate(fetched)
+    assert await listed(client, keys) == {listed_only}
+
+
+async def test_a_vanished_proxy_back_is_listed_again(
+    client: Redis, keys: Keys, config: Config
+) -> None:
+    cache = ProxyCache(client, keys, config, max_age_s=0.3)
+    name = unique()
+    with pytest.raises(ProxyNotFoundError):
+        await cache.get(name)
+    await create(config, name)
+    await asyncio.sleep(0.4)  # on purpose: the negative entry ages past its 0.3 s max age
+
+    await cache.get(name)
+
+    assert await listed(client, keys) == {name}
+
+
+async def test_refresh_all_drops_listed_names_whose_entry_is_gone(
+    cache: ProxyCache, client: Redis, keys: Keys, config: Config
+) -> None:
+    kept = unique()
+    await create(config, kept)
+    await client.sadd(keys.proxies(), "gone-entry")
+
+    report = await cache.refresh_all()
+
+    assert report.vanished == 0
+    assert await listed(client, keys) == {kept}
 
 
 # ---------------------------------------------------------------- refresh_with_lock

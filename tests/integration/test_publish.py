@@ -19,7 +19,15 @@ from workers import WorkerProcess
 
 from core import dispatch
 from core.contract import JobKind, JobRecord, JobStatus
-from core.dispatch import INFERENCE_QUEUE, MANAGEMENT_QUEUE, TASK_NAMES, enqueue, job_summary
+from core.dispatch import (
+    INFERENCE_QUEUE,
+    MANAGEMENT_QUEUE,
+    REDIS_PRIORITIES,
+    TASK_NAMES,
+    Lane,
+    enqueue,
+    job_summary,
+)
 from core.internals.kombu_messages import read_queued
 from emulator.server import EmulatorServer
 from emulator.settings import EmulatorSettings
@@ -61,15 +69,16 @@ def forbid(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
     monkeypatch.setattr(dispatch, name, refuse)
 
 
-def broker_key(stack: Stack, name: str) -> str:
-    return stack.store.keys.broker_queue(name)
+def broker_key(stack: Stack, name: str, lane: Lane = Lane.INTERACTIVE) -> str:
+    return stack.store.keys.broker_queue(name, REDIS_PRIORITIES[lane])
 
 
-def queued(stack: Stack, queue: str) -> list[dict[str, Any]]:
-    """The messages waiting in a Redis queue, oldest first, decoded by kombu's channel."""
+def queued(stack: Stack, queue: str, lane: Lane = Lane.INTERACTIVE) -> list[dict[str, Any]]:
+    """The messages waiting in a Redis queue's lane, oldest first, decoded by kombu's
+    channel."""
     client = redis.Redis.from_url(stack.settings.redis_url or "")
     try:
-        raw = client.lrange(broker_key(stack, queue), 0, -1)
+        raw = client.lrange(broker_key(stack, queue, lane), 0, -1)
     finally:
         client.close()
     return [json.loads(item) for item in reversed(raw)]
@@ -106,13 +115,20 @@ async def test_pipelined_messages_are_routed_summarised_and_run(
     forbid(monkeypatch, "send_each")
     records = await enqueue(stack.store, stack.celery, jobs(await stack.proxy(), 200), "b1")
 
-    inference, management = queued(stack, INFERENCE_QUEUE), queued(stack, MANAGEMENT_QUEUE)
+    # Batch lines, all in the batch lane's lists (kombu's key for their priority).
+    assert queued(stack, INFERENCE_QUEUE) == queued(stack, MANAGEMENT_QUEUE) == []
+    inference = queued(stack, INFERENCE_QUEUE, Lane.BATCH)
+    management = queued(stack, MANAGEMENT_QUEUE, Lane.BATCH)
+    with stack.celery.producer_or_acquire() as producer:
+        assert broker_key(stack, INFERENCE_QUEUE, Lane.BATCH) == stack.settings.key_prefix + \
+            "broker:" + producer.channel._q_for_pri(INFERENCE_QUEUE, 9)
     assert [m["headers"]["task"] for m in management] == [TASK_NAMES[JobKind.MGMT_LIST]]
     assert len(inference) == 200
     for record, message in zip(records, [*inference, *management], strict=True):
         body, headers = decoded(stack, message)
         assert body[0] == [record.id]
         assert headers["argsrepr"] == job_summary(record)
+        assert message["properties"]["priority"] == REDIS_PRIORITIES[Lane.BATCH]
         assert message["properties"]["delivery_info"]["routing_key"] == (
             MANAGEMENT_QUEUE if record.kind.is_management else INFERENCE_QUEUE)
 

@@ -173,3 +173,20 @@ async def test_a_stream_skips_entries_of_an_attempt_older_than_one_it_saw(
     assert [(event.kind, event.attempt, event.text) for event in events] == [
         ("delta", 1, "a"), ("restart", 2, ""), ("delta", 2, "B"), ("delta", 2, "C"),
         ("done", 2, "")]
+
+
+async def test_a_stream_that_does_not_end_in_time_raises_and_the_job_runs_on(
+    store: JobStore,
+) -> None:
+    await running(store, "slow")
+    await store.append_chunks("slow", [_entry(0)])
+    started = time.monotonic()
+    seen: list[str] = []
+    with pytest.raises(jobs.JobTimeoutError):
+        async for event in AsyncJob(store, "slow").stream(timeout=0.3):
+            seen.append(event.text)
+    assert seen == ["0"]
+    assert 0.25 < time.monotonic() - started < 2.0
+    record = await store.load("slow")
+    assert record is not None
+    assert record.status == JobStatus.RUNNING

@@ -11,6 +11,7 @@ from pathlib import Path
 from polling import wait_until
 
 from core.contract import JobKind, JobRecord
+from core.dispatch import broker_queue_names, is_redis_broker
 from core.settings import Settings
 from core.store import JobStore
 from producer.local_stack import stop_processes
@@ -41,10 +42,15 @@ class WorkerProcess:
         self.queues = queues
         self.process: subprocess.Popen[bytes] | None = None
 
+    def broker_queues(self) -> str:
+        """`queues` as the broker names them (`mpq worker` maps them the same way)."""
+        url = self.env.get("MPQ_BROKER_URL") or self.env.get("MPQ_REDIS_URL", "")
+        return broker_queue_names(self.queues, redis=is_redis_broker(url))
+
     def start(self, timeout_s: float = 30) -> WorkerProcess:
         command = [
             sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool=threads",
-            f"--concurrency={self.slots}", "-Q", self.queues, "-n", f"{self.name}@%h",
+            f"--concurrency={self.slots}", "-Q", self.broker_queues(), "-n", f"{self.name}@%h",
             "--loglevel=INFO", "--without-gossip", "--without-mingle",
         ]
         with self.log_path.open("ab") as log:

@@ -248,7 +248,7 @@ def test_embeddings_jobs_have_their_task_and_a_summary_with_inputs() -> None:
     assert queue_for(JobKind.EMBEDDINGS) == "inference"
     assert job_summary(record) == "custom_id=c1 proxy=p model=m1 inputs=12 batch=b1 job=j1"
     tokens = record.model_copy(update={"request": {"input": [1, 2, 3]}, "batch_id": None})
-    assert job_summary(tokens) == "custom_id=c1 proxy=p inputs=1 job=j1"
+    assert job_summary(tokens) == "custom_id=c1 proxy=p inputs=1 lane=interactive job=j1"
 
 
 def test_input_tokens_are_estimated_without_an_output_allowance() -> None:

@@ -80,9 +80,19 @@ def test_served_models_follow_the_proxy_mode(wire: dict[str, Any],
     assert served_models("p", props(modelProxyName="p", **wire)) == models
 
 
-def test_vanished_and_unreadable_entries_are_skipped() -> None:
-    assert parse_entry("p", {"state": "vanished", "fetched_at": "1"}) is None
-    assert parse_entry("p", {"state": "present", "props": "{not json"}) is None
-    found = parse_entry("p", {"state": "present", "props": '{"modelProxyName": "p", '
-                              '"status": "READY", "createdAt": "2025-01-02T03:04:05Z"}'})
+@pytest.mark.parametrize("fields", [
+    {},  # a name the set lists whose entry is gone
+    {"state": "vanished", "fetched_at": "1"},
+    {"state": "present", "fetched_at": "1", "props": "{not json"},
+    {"state": "present", "props": "{}"},  # no fetched_at
+    {"state": "maybe", "fetched_at": "1", "props": "{}"},
+])
+def test_vanished_gone_and_unreadable_entries_are_skipped(fields: dict[str, str]) -> None:
+    assert parse_entry("p", fields) is None
+
+
+def test_a_present_entry_is_known() -> None:
+    found = parse_entry("p", {"state": "present", "fetched_at": "1", "props":
+                              '{"modelProxyName": "p", "status": "READY", '
+                              '"createdAt": "2025-01-02T03:04:05Z"}'})
     assert found == KnownProxy("p", "READY", ("p",), 1735787045)

@@ -13,6 +13,7 @@ from gateway.responses_stream import ResponseEvents
 from gateway.sse_relay import (
     DONE,
     ChatChunks,
+    Pieces,
     StreamDiverged,
     StreamEnd,
     TextRelay,
@@ -52,23 +53,44 @@ def test_a_retry_that_differs_from_what_was_sent_is_refused(spec: str) -> None:
         feed(relay, spec)
 
 
-async def events(*items: tuple[int, str, str]) -> AsyncIterator[StreamEvent]:
-    for i, (attempt, kind, text) in enumerate(items):
-        yield StreamEvent(str(i), attempt, kind, text,  # type: ignore[arg-type]
-                          {"finish_reason": "stop"} if kind == "done" else {"text": text})
+def event(i: int, attempt: int, kind: str, text: str) -> StreamEvent:
+    return StreamEvent(str(i), attempt, kind, text,  # type: ignore[arg-type]
+                       {"finish_reason": "stop"} if kind == "done" else {"text": text})
 
 
-async def test_final_attempt_text_skips_repeats_and_errors() -> None:
-    stream = events((1, "delta", "Hel"), (1, "delta", "lo"), (1, "error", ""),
-                    (2, "restart", ""), (2, "delta", "Hello"), (2, "delta", " you"),
-                    (2, "done", ""))
-    got = [piece async for piece in final_attempt_text(stream, TextRelay())]
-    assert got == ["Hel", "lo", " you", StreamEnd({"finish_reason": "stop"})]
+async def batches(*items: tuple[int, str, str], size: int = 1,
+                  ) -> AsyncIterator[list[StreamEvent]]:
+    """The events of `items`, `size` in each batch."""
+    listed = [event(i, *item) for i, item in enumerate(items)]
+    for start in range(0, len(listed), size):
+        yield listed[start:start + size]
+
+
+RETRIED = ((1, "delta", "Hel"), (1, "delta", "lo"), (1, "error", ""), (2, "restart", ""),
+           (2, "delta", "Hello"), (2, "delta", " you"), (2, "done", ""))
+END = StreamEnd({"finish_reason": "stop"})
+
+
+@pytest.mark.parametrize("size", [1, 2, 7])
+async def test_final_attempt_text_skips_repeats_and_errors(size: int) -> None:
+    got = [piece async for pieces in final_attempt_text(batches(*RETRIED, size=size),
+                                                        TextRelay())
+           for piece in pieces]
+    assert got == ["Hel", "lo", " you", END]
+
+
+@pytest.mark.parametrize(("size", "sent"), [
+    (4, [["Hel", "lo"], [" you", END]]),
+    (2, [["Hel", "lo"], [" you"], [END]]),  # [error, restart] sends nothing
+])
+async def test_the_pieces_of_a_batch_come_together(size: int, sent: list[Pieces]) -> None:
+    assert [pieces async for pieces in final_attempt_text(batches(*RETRIED, size=size),
+                                                          TextRelay())] == sent
 
 
 async def test_a_job_that_ends_without_done_ends_the_text() -> None:
-    stream = events((1, "delta", "Hi"), (1, "error", ""))
-    assert [piece async for piece in final_attempt_text(stream, TextRelay())] == ["Hi"]
+    stream = batches((1, "delta", "Hi"), (1, "error", ""))
+    assert [pieces async for pieces in final_attempt_text(stream, TextRelay())] == [["Hi"]]
 
 
 def frames(raw: bytes) -> list[dict[str, Any]]:
@@ -117,3 +139,20 @@ def test_a_failed_response_stream_ends_with_response_failed() -> None:
     sent = frames(stream.start() + stream.error({"code": "x", "message": "boom"}))
     assert sent[-1]["type"] == "response.failed"
     assert sent[-1]["response"]["error"] == {"code": "x", "message": "boom"}
+
+
+@pytest.mark.parametrize("text", ["Hi", "", 'quote " and \\ and \n', "ünï 🙂", "\x00\x01"])
+@pytest.mark.parametrize("include_usage", [True, False])
+def test_a_text_chunk_is_the_chunk_of_its_dict(text: str, include_usage: bool) -> None:
+    chunks = ChatChunks("chatcmpl-\x00", 7, "m\x00", include_usage)
+    assert chunks.text(text) == chunks._chunk([  # the frame built from its dict
+        {"index": 0, "delta": {"content": text}, "logprobs": None, "finish_reason": None}])
+
+
+@pytest.mark.parametrize("text", ["Hi", 'quote " and \n', "\x00\x01"])
+def test_a_delta_event_is_the_event_of_its_dict(text: str) -> None:
+    stream, by_dict = ResponseEvents("job1", "m", 5), ResponseEvents("job1", "m", 5)
+    for _ in range(3):
+        assert stream.text(text) == by_dict._event(  # the frame built from its dict
+            "response.output_text.delta", delta=text, logprobs=[], item_id="msg_job1",
+            output_index=0, content_index=0)

@@ -28,6 +28,7 @@ def test_keys_layout() -> None:
     assert keys.batch_jobs("b1") == "mpq:batch:b1:jobs"
     assert keys.batch_events("b1") == "mpq:batch:b1:events"
     assert keys.proxy("p1") == "mpq:proxy:p1"
+    assert keys.proxies() == "mpq:proxies"
     assert keys.limiter("p1") == ("mpq:rl:p1:rpm", "mpq:rl:p1:tpm", "mpq:rl:p1:tps",
                                   "mpq:rl:p1:tph", "mpq:rl:p1:tpd",
                                   "mpq:rl:p1:leases", "mpq:rl:p1:cooldown")
@@ -35,6 +36,8 @@ def test_keys_layout() -> None:
     assert keys.metrics() == "mpq:metrics"
     assert keys.broker_prefix() == "mpq:broker:"
     assert keys.broker_queue("inference") == "mpq:broker:inference"
+    assert keys.broker_queue("inference", 0) == "mpq:broker:inference"
+    assert keys.broker_queue("inference", 9) == "mpq:broker:inference\x06\x169"
     assert keys.broker_unacked() == "mpq:broker:unacked"
     assert keys.open_jobs() == "mpq:jobs:open"
     assert keys.cancels() == "mpq:jobs:cancels"
@@ -187,9 +190,10 @@ def test_the_layout_in_the_docstring_is_what_keys_builds() -> None:
     built = {
         keys.job("{id}"), keys.job_chunks("{id}"), keys.job_vectors("{id}"), keys.batch("{id}"),
         keys.batch_jobs("{id}"), keys.batch_events("{id}"), keys.batch_invalid("{id}"),
-        keys.batches(), keys.open_jobs(), keys.cancels(), keys.proxy("{name}"),
+        keys.batches(), keys.open_jobs(), keys.cancels(), keys.proxy("{name}"), keys.proxies(),
         keys.reader_wake("{id}"), keys.lock("{name}"), keys.metrics(),
         keys.broker_queue("{queue}"), keys.broker_unacked(), keys.broker_prefix() + "…",
+        keys.broker_queue("{queue}", 9).replace("\x06\x169", r"\x06\x16{step}"),
         keys.gateway_key("{digest}"), keys.gateway_keys(), keys.gateway_file("{id}"),
         keys.gateway_file_data("{id}"), keys.gateway_files("{owner}"),
         keys.gateway_batch("{id}"), keys.gateway_batches("{owner}"),
