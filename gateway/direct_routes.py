@@ -144,18 +144,24 @@ async def _direct(request: Request, gw: Gateway, kind: JobKind) -> Response:
     try:
         record = await call.race(request, outcome(call.job))
     except BaseException as exc:
-        await call.end()
-        if isinstance(exc, ClientGone):
-            return Response(status_code=CLIENT_CLOSED)
-        if isinstance(exc, TimeoutError):
-            raise call.timed_out() from None
-        raise
+        return await _unanswered(call, exc)
     call.finished = True
     # The slot is freed once the answer is sent: the client does not wait for that.
     freed = BackgroundTask(call.end)
     if record.result is None or record.status is not JobStatus.SUCCEEDED:
         return Failure.of(record).response(call.headers(record), freed)
     return JSONResponse(record.result, headers=call.headers(record), background=freed)
+
+
+async def _unanswered(call: DirectCall, exc: BaseException) -> Response:
+    """The call lost its race (`DirectCall.race`): its job is ended; a client that left gets
+    499, a passed deadline 504, and anything else is raised again."""
+    await call.end()
+    if isinstance(exc, ClientGone):
+        return Response(status_code=CLIENT_CLOSED)
+    if isinstance(exc, TimeoutError):
+        raise call.timed_out() from None
+    raise exc
 
 
 # ---- streams -------------------------------------------------------------------------------
@@ -178,12 +184,7 @@ async def _stream(request: Request, call: DirectCall, kind: JobKind, model: str,
         first = await call.race(request, anext(relayed, None))
     except BaseException as exc:
         await _close(relayed)
-        await call.end()
-        if isinstance(exc, ClientGone):
-            return Response(status_code=CLIENT_CLOSED)
-        if isinstance(exc, TimeoutError):
-            raise call.timed_out() from None
-        raise
+        return await _unanswered(call, exc)
     if first is None:  # the job ended with no text: answered as a plain call
         record = await call.job.record()
         call.finished = True
