@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -25,9 +23,8 @@ import httpx
 import openai
 import uvicorn
 
-from bench.harness import MODEL, ROOT, GatewayTarget, arguments, stopping
+from bench.harness import MODEL, GatewayTarget, arguments, module_server
 from bench.streaming import Asgi, Message, Receive, Scope, Send
-from core.embedded_redis import free_port
 from gateway.file_store import PIECE_BYTES
 
 LINES = 50_000
@@ -39,7 +36,6 @@ PROSE = ("The committee met on Tuesday to review the quarterly figures, the hiri
 TARGET_RATIO = 0.25
 RAW_PATH = "/raw"
 MB = 1_000_000
-STARTUP_TIMEOUT_S = 20.0
 TIMEOUT_S = 300.0
 
 
@@ -96,21 +92,9 @@ def serve_raw(port: int) -> None:
 
 @contextlib.contextmanager
 def raw_server() -> Iterator[str]:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "bench.gateway_files", "--serve-raw", str(port)],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}{RAW_PATH}"
-    with stopping(process):
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while True:
-            with contextlib.suppress(httpx.TransportError):
-                httpx.get(url, timeout=1).raise_for_status()
-                break
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError("the raw-copy server did not start")
-            time.sleep(0.1)
-        yield url
+    with module_server("bench.gateway_files", "--serve-raw", RAW_PATH,
+                       "raw-copy server") as url:
+        yield f"{url}{RAW_PATH}"
 
 
 # -- the transfers ----------------------------------------------------------------------

@@ -100,6 +100,26 @@ def stopping(process: subprocess.Popen[bytes]) -> Iterator[subprocess.Popen[byte
 
 
 @contextlib.contextmanager
+def module_server(module: str, flag: str, health_path: str, what: str) -> Iterator[str]:
+    """`python -m module flag PORT` on a free port, until the block ends; yields its base URL
+    once GET `health_path` answers."""
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", module, flag, str(port)], cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    with stopping(process):
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while True:
+            with contextlib.suppress(httpx.TransportError):
+                httpx.get(f"{url}{health_path}", timeout=1).raise_for_status()
+                break
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError(f"the {what} did not start")
+            time.sleep(0.1)
+        yield url
+
+
+@contextlib.contextmanager
 def gateway_process(env: dict[str, str]) -> Iterator[tuple[str, int]]:
     """`python -m gateway` on a free loopback port, in its own process; yields its base URL
     (`http://127.0.0.1:<port>/v1`, from the line it prints once it serves) and its pid."""

@@ -38,8 +38,6 @@ import contextlib
 import gc
 import json
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
@@ -51,19 +49,18 @@ from httpx_aiohttp import AiohttpTransport
 
 from bench.harness import (
     MODEL,
-    ROOT,
     arguments,
     bench_settings,
     create_proxy,
+    module_server,
     percentile,
     set_emulator,
-    stopping,
     worker_environment,
     worker_process,
 )
 from core.contract import JobKind, JobRecord
 from core.dispatch import enqueue
-from core.embedded_redis import free_port, redis_server
+from core.embedded_redis import redis_server
 from producer.client import AsyncClient
 
 DEFAULT_STREAMS = 100
@@ -77,7 +74,6 @@ SENT_PATH = "/_bench/sent"
 TOKEN_MARK = b'"delta":{"content":"'
 EMPTY_TOKEN_MARK = b'"delta":{"content":""'
 ID_PREFIX = b'data: {"id":"'
-STARTUP_TIMEOUT_S = 20.0
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -146,20 +142,8 @@ def serve_stamped_emulator(port: int) -> None:
 
 @contextlib.contextmanager
 def stamped_emulator() -> Iterator[str]:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "bench.streaming", "--serve-emulator", str(port)],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    with stopping(process):
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while True:
-            with contextlib.suppress(httpx.TransportError):
-                httpx.get(f"{url}/_emulator/health", timeout=1).raise_for_status()
-                break
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError("the stamped emulator did not start")
-            time.sleep(0.1)
+    with module_server("bench.streaming", "--serve-emulator", "/_emulator/health",
+                       "stamped emulator") as url:
         yield url
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.typing import EncodableT, FieldT
 
+from core.contract import decode_hash
 from core.keys import Keys
 
 PIECE_BYTES = 1024 * 1024
@@ -71,7 +72,7 @@ class StoredFile:
 
     @classmethod
     def from_redis(cls, file_id: str, raw: Mapping[Any, Any]) -> StoredFile:
-        fields = {_text(key): _text(value) for key, value in raw.items()}
+        fields = decode_hash(raw)
         expires_at = fields.get("expires_at")
         return cls(id=file_id, owner=fields["owner"], size=int(fields["bytes"]),
                    lines=int(fields["lines"]), created_at=int(fields["created_at"]),

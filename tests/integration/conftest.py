@@ -62,6 +62,17 @@ def system_redis_answers() -> bool:
         return False
 
 
+@pytest.fixture
+async def keys(client: aioredis.Redis) -> AsyncIterator[Keys]:
+    """A fresh key prefix on the test server; its keys are deleted afterwards. Modules may
+    define their own `keys`."""
+    keys = Keys(prefix=f"mpqtest-{uuid.uuid4().hex}:")
+    yield keys
+    ours = [key async for key in client.scan_iter(match=keys.pattern())]
+    if ours:
+        await client.delete(*ours)
+
+
 @pytest.fixture(scope="session", params=["embedded", "system"])
 def any_redis_url(request: pytest.FixtureRequest, redis_url: str) -> str:
     """The embedded server, and the machine's Redis 7 as a second target: always in CI

@@ -9,7 +9,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -166,15 +166,6 @@ async def directory_serves(directory: ProxyDirectory, model: str) -> bool:
 
 
 REMEMBER_S = 0.3
-
-
-@pytest.fixture
-async def keys(client: Redis) -> AsyncIterator[Keys]:
-    keys = Keys(prefix=f"mpqtest-{uuid.uuid4().hex}:")
-    yield keys
-    ours = [key async for key in client.scan_iter(match=keys.pattern())]
-    if ours:
-        await client.delete(*ours)
 
 
 async def test_a_key_revoked_elsewhere_is_answered_from_memory_until_it_is_forgotten(

@@ -10,7 +10,7 @@ import asyncio
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -59,15 +59,6 @@ def emulator() -> Iterator[EmulatorServer]:
 @pytest.fixture
 def config(emulator: EmulatorServer) -> Config:
     return Config(control_endpoint=emulator.url, data_endpoint=emulator.url, timeout=10)
-
-
-@pytest.fixture
-async def keys(client: Redis) -> AsyncIterator[Keys]:
-    keys = Keys(prefix=f"mpqtest-{uuid.uuid4().hex}:")
-    yield keys
-    ours = [key async for key in client.scan_iter(match=keys.pattern())]
-    if ours:
-        await client.delete(*ours)
 
 
 @pytest.fixture
@@ -210,15 +201,23 @@ async def test_unknown_proxy_raises_and_is_negatively_cached(
     assert 0 < await client.ttl(keys.proxy(name)) <= VANISHED_RETENTION_S
 
 
-async def test_negative_cache_is_short(
-    client: Redis, keys: Keys, config: Config, emulator: EmulatorServer
-) -> None:
+async def vanished_then_created(client: Redis, keys: Keys, config: Config,
+                                ) -> tuple[ProxyCache, str]:
+    """A cache (0.3 s max age) that found a proxy missing, and that proxy created since, its
+    negative entry aged past the max age."""
     cache = ProxyCache(client, keys, config, max_age_s=0.3)
     name = unique()
     with pytest.raises(ProxyNotFoundError):
         await cache.get(name)
     await create(config, name)
     await asyncio.sleep(0.4)  # on purpose: the negative entry ages past its 0.3 s max age
+    return cache, name
+
+
+async def test_negative_cache_is_short(
+    client: Redis, keys: Keys, config: Config, emulator: EmulatorServer
+) -> None:
+    cache, name = await vanished_then_created(client, keys, config)
 
     found = await cache.get(name)
 
@@ -392,12 +391,7 @@ async def test_the_set_lists_the_proxies_cached_as_present(
 async def test_a_vanished_proxy_back_is_listed_again(
     client: Redis, keys: Keys, config: Config
 ) -> None:
-    cache = ProxyCache(client, keys, config, max_age_s=0.3)
-    name = unique()
-    with pytest.raises(ProxyNotFoundError):
-        await cache.get(name)
-    await create(config, name)
-    await asyncio.sleep(0.4)  # on purpose: the negative entry ages past its 0.3 s max age
+    cache, name = await vanished_then_created(client, keys, config)
 
     await cache.get(name)
 
