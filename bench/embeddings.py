@@ -164,7 +164,7 @@ async def measure(jobs: int = DEFAULT_JOBS, slots: int = DEFAULT_SLOTS,
         capacity = await emulator_capacity(emulator_url, proxy, slots, jobs, PATH,
                                            upstream_bodies())
         celery_rate, noop_cpu_ms = await asyncio.to_thread(
-            noop_rate, redis_url, emulator_url, jobs, slots)
+            noop_rate, redis_url, emulator_url, jobs, 1, slots)
         run = await mpq_run(redis_url, emulator_url, proxy, slots, jobs, latency_s, sample)
     slot_limit = slots / latency_s
     limit = min(slot_limit, capacity, celery_rate)

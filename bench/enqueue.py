@@ -1,10 +1,15 @@
-"""Enqueue: a 10,000-line batch through `core.dispatch.enqueue` (job records, then one
-message and one task-sent event per job) against an embedded Valkey, and the same batch with
-the old `send_task` loop. Limit: a raw pipelined write of the same data from one client:
-one HSET of the same record fields and one LPUSH of a payload the size of the message per
-line, 1,000 lines per round trip. The events' PUBLISHes are extra work of enqueue, left out
-of the limit. Each figure is the best of `--repeat` runs. Target: at least 5,000 lines/s
-(a loop of Celery `.delay()` calls does about 1,600/s on this kind of machine)."""
+"""Enqueue: a 10,000-line batch through `core.dispatch.enqueue` against an embedded Valkey:
+each line's job record, and its id in the batch's job list and pending list (the feeder
+gives the lines their broker messages later, as slots free up: core/feed.py).
+
+Limit: a raw pipelined write of the same data from one client: one HSET of the same record
+fields and one RPUSH of the job id per line, 1,000 lines per round trip (what any queue of
+records needs at least). Each figure is the best of `--repeat` runs. Target: at least 0.6
+of the limit.
+
+For reference (no target): the path before the feeder, records and then one broker message
+per line written in bulk (`publish`), and the old `send_task` loop (a loop of Celery
+`.delay()` calls does about 1,600/s on this kind of machine)."""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import redis
 from redis.typing import EncodableT, FieldT
@@ -20,7 +25,7 @@ from redis.typing import EncodableT, FieldT
 from bench.harness import arguments
 from core.celery_app import create_app
 from core.contract import JobKind, JobRecord
-from core.dispatch import INFERENCE_QUEUE, enqueue, message_for, send_each
+from core.dispatch import enqueue, message_for, publish, send_each
 from core.embedded_redis import redis_server
 from core.keys import Keys
 from core.redis_client import redis_client
@@ -28,7 +33,7 @@ from core.settings import Settings
 from core.store import JobStore
 
 LINES = 10_000
-TARGET_LINES_PER_S = 5_000
+TARGET = 0.6
 CHUNK = 1_000  # lines per round trip in the limit, as the producer's pipelines do
 DEFAULT_REPEAT = 3
 
@@ -62,9 +67,12 @@ def send_task_loop_publish(settings: Settings) -> Callable[[Sequence[JobRecord]]
     return publish
 
 
-async def time_enqueue(redis_url: str, repeat: int, old_loop: bool) -> tuple[float, int]:
-    """Seconds per batch through `enqueue` (or records + the old loop), and the size of
-    one message as written to the broker."""
+Path = Literal["enqueue", "messages", "send_task"]
+
+
+async def time_enqueue(redis_url: str, repeat: int, path: Path) -> float:
+    """Seconds per batch: through `enqueue`, or records and one message per line
+    (pipelined, or with the old loop)."""
     settings = Settings(redis_url=redis_url, key_prefix=f"bench-{uuid.uuid4().hex[:6]}:")
     client = redis_client(redis_url)
     store = JobStore(client, Keys(settings.key_prefix), settings.result_ttl_s)
@@ -73,24 +81,24 @@ async def time_enqueue(redis_url: str, repeat: int, old_loop: bool) -> tuple[flo
 
     async def run(records: Sequence[JobRecord]) -> None:
         batch_id = uuid.uuid4().hex
-        if old_loop:
-            stored = await store.create_jobs(records, batch_id)
-            await asyncio.to_thread(old_publish, stored)
-        else:
+        if path == "enqueue":
             await enqueue(store, celery, records, batch_id)
+            return
+        stored = await store.create_jobs(records, batch_id)
+        if path == "messages":
+            await asyncio.to_thread(publish, celery, stored)
+        else:
+            await asyncio.to_thread(old_publish, stored)
 
     await run(batch_lines(100))  # connections and queue declarations, outside the timing
     seconds = await best_of(repeat, lambda: run(batch_lines(LINES)))
-    message = await client.lindex(Keys(settings.key_prefix).broker_queue(INFERENCE_QUEUE), 0)
     await client.aclose()
-    assert isinstance(message, str)  # the client decodes replies
-    return seconds, len(message.encode())
+    return seconds
 
 
-def raw_write(redis_url: str, records: Sequence[JobRecord], message_size: int) -> None:
-    """The limit: the same HSETs and same-size LPUSHes, CHUNK lines per round trip."""
+def raw_write(redis_url: str, records: Sequence[JobRecord]) -> None:
+    """The limit: the same HSETs and an RPUSH of each id, CHUNK lines per round trip."""
     prefix = f"bench-raw-{uuid.uuid4().hex[:6]}:"
-    payload = "x" * message_size
     client = redis.Redis.from_url(redis_url)
     try:
         with client.pipeline(transaction=False) as pipe:
@@ -99,7 +107,7 @@ def raw_write(redis_url: str, records: Sequence[JobRecord], message_size: int) -
                     fields: dict[FieldT, EncodableT] = {
                         k: v for k, v in record.to_redis().items()}
                     pipe.hset(f"{prefix}job:{record.id}", mapping=fields)
-                    pipe.lpush(f"{prefix}queue", payload)
+                    pipe.rpush(f"{prefix}queue", record.id)
                 pipe.execute()
     finally:
         client.close()
@@ -108,32 +116,32 @@ def raw_write(redis_url: str, records: Sequence[JobRecord], message_size: int) -
 async def results(repeat: int = DEFAULT_REPEAT) -> dict[str, Any]:
     """Seconds per batch of each path, best of `repeat`, for `python -m bench`."""
     with redis_server(None) as redis_url:
-        enqueue_s, message_size = await time_enqueue(redis_url, repeat, old_loop=False)
-        old_s, _ = await time_enqueue(redis_url, repeat, old_loop=True)
+        enqueue_s = await time_enqueue(redis_url, repeat, "enqueue")
+        messages_s = await time_enqueue(redis_url, repeat, "messages")
+        old_s = await time_enqueue(redis_url, repeat, "send_task")
         records = [r.model_copy(update={"batch_id": "b"}) for r in batch_lines(LINES)]
 
         async def limit_run() -> None:
-            raw_write(redis_url, records, message_size)
+            raw_write(redis_url, records)
 
         limit_s = await best_of(repeat, limit_run)
-    return {"lines": LINES, "repeat": repeat, "message_size": message_size,
-            "enqueue_s": enqueue_s, "send_task_loop_s": old_s, "limit_s": limit_s,
+    return {"lines": LINES, "repeat": repeat, "enqueue_s": enqueue_s,
+            "messages_s": messages_s, "send_task_loop_s": old_s, "limit_s": limit_s,
             "ratio": limit_s / enqueue_s}
 
 
 def report(found: dict[str, Any]) -> None:
-    rows = [("enqueue (pipelined messages)", found["enqueue_s"]),
-            ("enqueue with the send_task loop", found["send_task_loop_s"]),
-            ("limit: raw pipelined HSET + LPUSH", found["limit_s"])]
-    print(f"{LINES} lines, message {found['message_size']} B, best of {found['repeat']}")
+    rows = [("enqueue (records, pending lists)", found["enqueue_s"]),
+            ("records + a message per line", found["messages_s"]),
+            ("records + the send_task loop", found["send_task_loop_s"]),
+            ("limit: raw pipelined HSET + RPUSH", found["limit_s"])]
+    print(f"{LINES} lines, best of {found['repeat']}")
     print(f"{'path':<36} {'seconds':>8} {'lines/s':>9} {'vs limit':>9}")
     for name, seconds in rows:
         print(f"{name:<36} {seconds:>8.2f} {LINES / seconds:>9.0f} "
               f"{found['limit_s'] / seconds:>9.2f}")
-    print(f"pipelined / send_task loop: {found['send_task_loop_s'] / found['enqueue_s']:.1f}x")
-    rate = LINES / found["enqueue_s"]
-    verdict = "pass" if rate >= TARGET_LINES_PER_S else "FAIL"
-    print(f"enqueue {rate:.0f} lines/s (target >= {TARGET_LINES_PER_S}) {verdict}")
+    verdict = "pass" if found["ratio"] >= TARGET else "FAIL"
+    print(f"enqueue {found['ratio']:.2f} of the limit (target >= {TARGET}) {verdict}")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -23,7 +24,7 @@ from typing import Any
 import httpx
 
 from core.api_keys import ApiKeys
-from core.contract import JobKind, JobRecord
+from core.contract import JobKind, JobRecord, JobStatus
 from core.embedded_redis import free_port
 from core.settings import Settings
 from core.store import JobStore
@@ -43,6 +44,16 @@ def arguments(doc: str | None) -> argparse.ArgumentParser:
     """A benchmark's command line, its `--help` showing the module docstring as written."""
     return argparse.ArgumentParser(description=doc,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def batch_arguments(doc: str | None, lines: int, slots: int,
+                    latency_s: float) -> argparse.ArgumentParser:
+    """`arguments` with the sizes of a batch run: `--lines`, `--slots`, `--latency-s`."""
+    parser = arguments(doc)
+    parser.add_argument("--lines", type=int, default=lines)
+    parser.add_argument("--slots", type=int, default=slots)
+    parser.add_argument("--latency-s", type=float, default=latency_s)
+    return parser
 
 
 @contextlib.contextmanager
@@ -77,10 +88,11 @@ def worker_environment(redis_url: str, modelproxy_url: str, **settings: Any) -> 
 
 @contextlib.contextmanager
 def worker_process(env: dict[str, str], slots: int) -> Iterator[subprocess.Popen[bytes]]:
+    """One worker process with `slots` slots (`mpq worker` alone runs one per core)."""
     log = Path(tempfile.gettempdir()) / f"mpq-bench-worker-{uuid.uuid4().hex[:6]}.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [MPQ, "worker", "--slots", str(slots), "--loglevel", "WARNING"],
+            [MPQ, "worker", "--processes", "1", "--slots", str(slots), "--loglevel", "WARNING"],
             env=env, stdout=out, stderr=subprocess.STDOUT,
         )
     with stopping(process):
@@ -214,3 +226,18 @@ async def wait_batch(store: JobStore, batch_id: str, timeout_s: float = BATCH_TI
 def percentile(values: Sequence[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
+
+
+def chat_lines(count: int, content: str = "Summarise this.") -> list[str]:
+    """An OpenAI Batch input of `count` chat lines (JSONL, default proxy left to the caller)."""
+    return [json.dumps({"custom_id": f"line-{i}", "method": "POST",
+                        "url": "/v1/chat/completions",
+                        "body": {"model": MODEL,
+                                 "messages": [{"role": "user", "content": content}]}})
+            for i in range(count)]
+
+
+async def succeeded_finish_times(client: AsyncClient, batch_id: str) -> list[float]:
+    """`finished_at` of each succeeded job of a batch, sorted."""
+    return sorted([r.finished_at or 0 async for r in client.batch(batch_id).records()
+                   if r.status == JobStatus.SUCCEEDED])

@@ -27,7 +27,7 @@ from typing import Any
 
 from bench.harness import (
     MODEL,
-    arguments,
+    batch_arguments,
     bench_settings,
     create_proxy,
     emulator_process,
@@ -148,10 +148,7 @@ def report(r: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    parser = arguments(__doc__)
-    parser.add_argument("--lines", type=int, default=DEFAULT_LINES)
-    parser.add_argument("--slots", type=int, default=DEFAULT_SLOTS)
-    parser.add_argument("--latency-s", type=float, default=DEFAULT_LATENCY_S)
+    parser = batch_arguments(__doc__, DEFAULT_LINES, DEFAULT_SLOTS, DEFAULT_LATENCY_S)
     parser.add_argument("--interactive", type=int, default=DEFAULT_INTERACTIVE)
     args = parser.parse_args()
     report(asyncio.run(measure(args.lines, args.slots, args.latency_s, args.interactive)))

@@ -1,33 +1,40 @@
-"""Throughput: a batch of 5,000 chat jobs (`--jobs`) through one worker process with 500
-slots (`--slots`) against the emulator answering each request after 1 s (`--latency-s`),
-no rate limits. The rate is jobs / (last job's `finished_at` - start of the enqueue).
+"""Throughput: a batch of 5,000 chat jobs (`--jobs`) through the default `mpq worker` (one
+process per usable core: two on a 2-core machine) with 500 slots in all (`--slots`, split
+evenly: MPQ_WORKER_SLOTS=250 each on two cores) against the emulator answering each request
+after 1 s (`--latency-s`), no rate limits. The rate is jobs / (last job's `finished_at` -
+start of the enqueue). `taskset -c 0 python -m bench.throughput` measures one process.
 
 Limit, each part measured in this run on this machine, the smallest wins:
-- slots / latency: what the slots allow;
+- slots / latency: what the slots of all processes allow (the peak in flight / latency
+  when the workers ran more jobs at once than they have slots, as when batch lines are given
+  to them a little ahead of the free slots);
 - the emulator's capacity: a direct async client (httpx on the aiohttp transport, as the
-  worker's) with as many requests in flight as the worker has slots, against the same
-  emulator process with its latency set to 0, so only its own CPU limits it;
-- Celery's own rate: a worker process of `bench.noop_app` (a Celery app configured like
-  ours, with a task that does nothing), `celery -A bench.noop_app worker --pool=threads
-  -c <slots>`, draining the same number of messages put on its queue beforehand; timed
-  from the first message taken to the last one acknowledged.
-Target: rate / limit >= 0.8.
+  worker's) with as many requests in flight as the worker processes have slots in all,
+  against the same emulator process with its latency set to 0, so only its own CPU limits it;
+- Celery's own rate: as many worker processes of `bench.noop_app` (a Celery app configured
+  like ours, with a task that does nothing) as `mpq worker` runs, each `celery -A
+  bench.noop_app worker --pool=threads -c <slots per process>`, draining the same number of
+  messages put on the queue while they were idle (they start consuming together, by a
+  broadcast `add_consumer`); timed from the first message taken to the last one acknowledged.
+Target: rate / limit >= 0.9.
 
-For reference (no target): the same Celery worker draining the same number of tasks that
-only sleep as long as the emulator's latency: what Celery's thread pool makes of 1-s tasks
+For reference (no target): the same Celery workers draining the same number of tasks that
+only sleep as long as the emulator's latency: what Celery's thread pools make of 1-s tasks
 with no Redis, no HTTP and no work of ours.
 
-Also: the worker's CPU time per job (utime + stime of the worker process from
-/proc/<pid>/stat, from the start of the enqueue to the last job's end), and its peak RSS
-(VmHWM from /proc/<pid>/status) in a second run of 2,000 jobs with 1,000 slots and 8 s per
-request (`--big-slots`, `--big-latency-s`), with the emulator's `peak_in_flight` to show the
-1,000 really were in flight at once (at 4 s they are not: the worker takes jobs off the
+Also: the CPU time per job of all the command's processes together (utime + stime of each
+from /proc/<pid>/stat, the worker processes and the one that supervises them, from the start
+of the enqueue to the last job's end), and their peak RSS (the sum of each one's VmHWM from
+/proc/<pid>/status) in a second run of 2,000 jobs with 1,000 slots in all and 8 s per request
+(`--big-slots`, `--big-latency-s`), with the emulator's `peak_in_flight` to show the 1,000
+really were in flight at once (at 4 s they are not: a worker process takes jobs off the
 queue at ~150/s here, so the first ones end before the 1,000th starts).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -41,11 +48,15 @@ from typing import Any
 
 import httpx
 import redis
+from celery import Celery
 from httpx_aiohttp import AiohttpTransport
 
 from bench.harness import (
     MODEL,
+    MPQ,
     ROOT,
+    STARTUP_TIMEOUT_S,
+    STOP_TIMEOUT_S,
     arguments,
     bench_settings,
     chat_records,
@@ -58,7 +69,6 @@ from bench.harness import (
     stopping,
     wait_batch,
     worker_environment,
-    worker_process,
 )
 from bench.noop_app import NOOP_TASK, SLEEP_TASK, create_noop_app
 from core.celery_app import create_app
@@ -67,21 +77,26 @@ from core.dispatch import INFERENCE_QUEUE, enqueue
 from core.embedded_redis import redis_server
 from core.keys import Keys
 from core.redis_client import redis_client
+from core.settings import Settings
 from core.store import JobStore
+from producer.local_stack import stop_processes
+from producer.worker_group import usable_cores
 
 DEFAULT_JOBS = 5_000
 DEFAULT_SLOTS = 500
 DEFAULT_LATENCY_S = 1.0
 BIG_SLOTS = 1_000
 BIG_LATENCY_S = 8.0  # a worker dispatches ~150 jobs/s here: 4 s would not fill 1,000 slots
-TARGET = 0.8
+TARGET = 0.9
 CELERY = str(Path(sys.executable).parent / "celery")
 NOOP_TIMEOUT_S = 120.0
 POLL_S = 0.005
 STABLE_POLLS = 10  # the queue must look empty this many polls in a row (see noop_rate)
+IDLE_QUEUE = "bench-idle"  # what the no-op workers consume until the drain starts
+PING_TIMEOUT_S = 0.5
 
 
-# -- the worker process's CPU and memory ---------------------------------------------
+# -- the worker processes' CPU and memory --------------------------------------------
 
 
 def cpu_s(pid: int) -> float:
@@ -97,6 +112,27 @@ def peak_rss_mb(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError(f"no VmHWM for process {pid}")
+
+
+def with_children(pid: int) -> list[int]:
+    """A process and the ones it started: `mpq worker` and its worker processes (none when
+    it runs one process: it is that process)."""
+    return [pid, *map(int, Path(f"/proc/{pid}/task/{pid}/children").read_text().split())]
+
+
+def total_cpu_s(pids: Sequence[int]) -> float:
+    return sum(cpu_s(pid) for pid in pids)
+
+
+def wait_nodes(app: Celery, nodes: int, processes: Sequence[subprocess.Popen[bytes]],
+               log: Path) -> None:
+    """Until `nodes` Celery workers answer a ping (each consumes its queues by then)."""
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while len(app.control.ping(timeout=PING_TIMEOUT_S)) < nodes:
+        if any(p.poll() is not None for p in processes):
+            raise RuntimeError(f"a worker stopped:\n{log.read_text()}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"fewer than {nodes} workers answer:\n{log.read_text()}")
 
 
 # -- the limits -----------------------------------------------------------------------
@@ -130,50 +166,58 @@ async def emulator_capacity(url: str, proxy: str, concurrency: int, requests: in
         return requests / (time.perf_counter() - started)
 
 
-def noop_rate(redis_url: str, emulator_url: str, tasks: int, slots: int,
+def noop_rate(redis_url: str, emulator_url: str, tasks: int, processes: int, slots: int,
               sleep_s: float | None = None) -> tuple[float, float]:
-    """Tasks/s of a `bench.noop_app` worker draining `tasks` messages queued beforehand,
-    and its CPU ms per task: no-op tasks, or with `sleep_s` tasks that sleep that long.
+    """Tasks/s of `processes` `bench.noop_app` workers of `slots` each draining `tasks`
+    messages together, and their CPU ms per task: no-op tasks, or with `sleep_s` tasks that
+    sleep that long.
 
-    Timed from the first message taken off the queue to the moment the queue and the
-    unacked set are both empty (several polls in a row: a message is off the list a moment
-    before it is in the unacked set)."""
+    The workers start on an idle queue; once they all answer a ping, the messages are put on
+    the inference queue and one broadcast makes every worker consume it. Timed from the
+    first message taken off the queue to the moment the queue and the unacked set are both
+    empty (several polls in a row: a message is off the list a moment before it is in the
+    unacked set)."""
     settings = bench_settings(redis_url)
-    sender = create_noop_app(settings)
-    name, extra = (NOOP_TASK, []) if sleep_s is None else (SLEEP_TASK, [sleep_s])
-    with sender.producer_or_acquire() as producer:
-        for i in range(tasks):
-            sender.send_task(name, args=[f"job-{i}", *extra], producer=producer)
-    keys = Keys(settings.key_prefix)
-    queue, unacked = keys.broker_queue(INFERENCE_QUEUE), keys.broker_unacked()
-    client = redis.Redis.from_url(redis_url)
-    if client.llen(queue) != tasks:
-        raise RuntimeError(f"expected {tasks} messages on {queue}")
+    app = create_noop_app(settings)
     env = worker_environment(redis_url, emulator_url, key_prefix=settings.key_prefix,
                              worker_slots=slots)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     log = Path(tempfile.gettempdir()) / f"mpq-bench-noop-{uuid.uuid4().hex[:6]}.log"
     with log.open("wb") as out:
-        process = subprocess.Popen(
+        started = [subprocess.Popen(
             [CELERY, "-A", "bench.noop_app", "worker", "--pool=threads", "-c", str(slots),
-             "-Q", INFERENCE_QUEUE, "--loglevel", "WARNING"],
+             "-Q", IDLE_QUEUE, "-n", f"noop-{i}@%h", "--loglevel", "WARNING"],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+            for i in range(1, processes + 1)]
+    keys = Keys(settings.key_prefix)
+    queue, unacked = keys.broker_queue(INFERENCE_QUEUE), keys.broker_unacked()
+    client = redis.Redis.from_url(redis_url)
     try:
-        with stopping(process):
-            (first, cpu_first), (last, cpu_last) = _watch_drain(
-                client, queue, unacked, tasks, process, log)
+        wait_nodes(app, processes, started, log)
+        name, extra = (NOOP_TASK, []) if sleep_s is None else (SLEEP_TASK, [sleep_s])
+        with app.producer_or_acquire() as producer:
+            for i in range(tasks):
+                app.send_task(name, args=[f"job-{i}", *extra], producer=producer)
+        if client.llen(queue) != tasks:
+            raise RuntimeError(f"expected {tasks} messages on {queue}")
+        app.control.add_consumer(INFERENCE_QUEUE)
+        (first, cpu_first), (last, cpu_last) = _watch_drain(
+            client, queue, unacked, tasks, started, log)
     finally:
         client.close()
+        stop_processes(started, STOP_TIMEOUT_S)
     return tasks / (last - first), (cpu_last - cpu_first) * 1000 / tasks
 
 
-Moment = tuple[float, float]  # (time.perf_counter(), CPU seconds of the worker)
+Moment = tuple[float, float]  # (time.perf_counter(), CPU seconds of the workers)
 
 
 def _watch_drain(client: redis.Redis, queue: str, unacked: str, tasks: int,
-                 process: subprocess.Popen[bytes], log: Path) -> tuple[Moment, Moment]:
+                 processes: Sequence[subprocess.Popen[bytes]], log: Path,
+                 ) -> tuple[Moment, Moment]:
     """(first message taken, queue and unacked set empty), polled every POLL_S."""
     deadline = time.monotonic() + NOOP_TIMEOUT_S
+    pids = [p.pid for p in processes]
     first: Moment | None = None
     empty_since: Moment | None = None
     empty_polls = 0
@@ -182,7 +226,7 @@ def _watch_drain(client: redis.Redis, queue: str, unacked: str, tasks: int,
             pipe.llen(queue)
             pipe.hlen(unacked)
             waiting, held = pipe.execute()
-        now = (time.perf_counter(), cpu_s(process.pid))
+        now = (time.perf_counter(), total_cpu_s(pids))
         if first is None and waiting < tasks:
             first = now
         if waiting == 0 and held == 0:
@@ -192,10 +236,10 @@ def _watch_drain(client: redis.Redis, queue: str, unacked: str, tasks: int,
                 return first, empty_since
         else:
             empty_since, empty_polls = None, 0
-        if process.poll() is not None:
-            raise RuntimeError(f"the no-op worker stopped:\n{log.read_text()}")
+        if any(p.poll() is not None for p in processes):
+            raise RuntimeError(f"a no-op worker stopped:\n{log.read_text()}")
         if time.monotonic() > deadline:
-            raise TimeoutError(f"the no-op worker did not drain {tasks} tasks")
+            raise TimeoutError(f"the no-op workers did not drain {tasks} tasks")
         time.sleep(POLL_S)
 
 
@@ -204,22 +248,39 @@ def _watch_drain(client: redis.Redis, queue: str, unacked: str, tasks: int,
 
 @dataclass(frozen=True)
 class Run:
-    slots: int
+    processes: int
+    slots: int  # of all processes
     jobs: int
     latency_s: float
     succeeded: int
     elapsed_s: float
     rate: float
     peak_in_flight: int
-    cpu_ms_per_job: float
-    peak_rss_mb: float
+    cpu_ms_per_job: float  # all the command's processes
+    peak_rss_mb: float  # the sum of their peaks
     service_p50_s: float
     service_p99_s: float
 
 
-async def mpq_run(redis_url: str, emulator_url: str, proxy: str, slots: int, jobs: int,
-                  latency_s: float) -> Run:
-    """`jobs` chat jobs as one batch through one `mpq worker --slots <slots>`."""
+@contextlib.contextmanager
+def default_worker(env: dict[str, str], settings: Settings,
+                   processes: int) -> Iterator[list[int]]:
+    """`mpq worker` as an operator runs it, with its defaults (one process per usable core,
+    MPQ_WORKER_SLOTS each); yields the pids of the command's processes once each of its
+    `processes` Celery workers answers a ping."""
+    log = Path(tempfile.gettempdir()) / f"mpq-bench-worker-{uuid.uuid4().hex[:6]}.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen([MPQ, "worker", "--loglevel", "WARNING"],
+                                   env=env, stdout=out, stderr=subprocess.STDOUT)
+    with stopping(process):
+        wait_nodes(create_app(settings), processes, [process], log)
+        yield with_children(process.pid)
+
+
+async def mpq_run(redis_url: str, emulator_url: str, proxy: str, processes: int, slots: int,
+                  jobs: int, latency_s: float) -> Run:
+    """`jobs` chat jobs as one batch through the default `mpq worker`: `processes` worker
+    processes (one per usable core) of `slots` each."""
     set_emulator(emulator_url, ttft_s=latency_s)
     settings = bench_settings(redis_url)
     client = redis_client(redis_url)
@@ -227,22 +288,22 @@ async def mpq_run(redis_url: str, emulator_url: str, proxy: str, slots: int, job
     env = worker_environment(redis_url, emulator_url, key_prefix=settings.key_prefix,
                              worker_slots=slots)
     try:
-        with worker_process(env, slots) as process:
+        with default_worker(env, settings, processes) as pids:
             reset_emulator_stats(emulator_url)
             records = chat_records(proxy, jobs)
-            cpu_before = cpu_s(process.pid)
+            cpu_before = total_cpu_s(pids)
             started = time.time()
             await enqueue(store, create_app(settings), records, batch_id="b")
             await wait_batch(store, "b")
-            cpu_used = cpu_s(process.pid) - cpu_before
-            rss_mb = peak_rss_mb(process.pid)
+            cpu_used = total_cpu_s(pids) - cpu_before
+            rss_mb = sum(peak_rss_mb(pid) for pid in pids)
         finished = [r for r in await store.load_many([r.id for r in records]) if r]
     finally:
         await client.aclose()
     end = max(r.finished_at or 0 for r in finished)
     service = [(r.finished_at or 0) - (r.started_at or 0) for r in finished]
     return Run(
-        slots=slots, jobs=jobs, latency_s=latency_s,
+        processes=processes, slots=slots * processes, jobs=jobs, latency_s=latency_s,
         succeeded=sum(r.status == JobStatus.SUCCEEDED for r in finished),
         elapsed_s=end - started, rate=jobs / (end - started),
         peak_in_flight=emulator_stats(emulator_url)["peak_in_flight"],
@@ -253,21 +314,25 @@ async def mpq_run(redis_url: str, emulator_url: str, proxy: str, slots: int, job
 async def measure(jobs: int = DEFAULT_JOBS, slots: int = DEFAULT_SLOTS,
                   latency_s: float = DEFAULT_LATENCY_S, big_slots: int = BIG_SLOTS,
                   big_latency_s: float = BIG_LATENCY_S) -> dict[str, Any]:
-    """Every figure of this benchmark, limits included (one Redis, one emulator)."""
+    """Every figure of this benchmark, limits included (one Redis, one emulator). `slots`
+    and `big_slots` are in all, split evenly over the worker processes."""
+    processes = usable_cores()
+    per_process, big_per_process = max(1, slots // processes), max(1, big_slots // processes)
     with redis_server(None) as redis_url, emulator_process(
         "--ttft-s", str(latency_s), "--lifecycle-delay-s", "0"
     ) as emulator_url:
         proxy = await create_proxy(emulator_url)
         set_emulator(emulator_url, ttft_s=0)
-        capacity = await emulator_capacity(emulator_url, proxy, slots, jobs)
+        capacity = await emulator_capacity(emulator_url, proxy, per_process * processes, jobs)
         celery_rate, noop_cpu_ms = await asyncio.to_thread(
-            noop_rate, redis_url, emulator_url, jobs, slots)
+            noop_rate, redis_url, emulator_url, jobs, processes, per_process)
         sleeping_rate, _ = await asyncio.to_thread(
-            noop_rate, redis_url, emulator_url, jobs, slots, latency_s)
-        run = await mpq_run(redis_url, emulator_url, proxy, slots, jobs, latency_s)
-        big = await mpq_run(redis_url, emulator_url, proxy, big_slots, 2 * big_slots,
-                            big_latency_s)
-    slot_limit = slots / latency_s
+            noop_rate, redis_url, emulator_url, jobs, processes, per_process, latency_s)
+        run = await mpq_run(redis_url, emulator_url, proxy, processes, per_process, jobs,
+                            latency_s)
+        big = await mpq_run(redis_url, emulator_url, proxy, processes, big_per_process,
+                            2 * big_per_process * processes, big_latency_s)
+    slot_limit = max(run.slots, run.peak_in_flight) / latency_s
     limit = min(slot_limit, capacity, celery_rate)
     return {"run": asdict(run), "big": asdict(big), "slot_limit": slot_limit,
             "emulator_capacity": capacity, "celery_noop_rate": celery_rate,
@@ -278,10 +343,13 @@ async def measure(jobs: int = DEFAULT_JOBS, slots: int = DEFAULT_SLOTS,
 
 def report(result: dict[str, Any]) -> None:
     run, big = result["run"], result["big"]
-    print(f"limits: slots/latency {result['slot_limit']:.0f}/s, emulator capacity "
+    print(f"limits: in flight/latency {result['slot_limit']:.0f}/s ({run['slots']} slots, peak "
+          f"{run['peak_in_flight']} in flight), emulator capacity "
           f"{result['emulator_capacity']:.0f}/s (direct client), Celery no-op "
           f"{result['celery_noop_rate']:.0f}/s ({result['celery_noop_cpu_ms_per_task']:.2f} CPU "
           f"ms/task) -> limit {result['limit']:.0f}/s")
+    print(f"`mpq worker` with its defaults: {run['processes']} worker processes, slots split "
+          f"evenly; CPU and peak RSS of all its processes together")
     print(f"{'slots':>6} {'jobs':>6} {'ok':>6} {'latency s':>9} {'elapsed s':>9} "
           f"{'jobs/s':>7} {'peak in flight':>14} {'CPU ms/job':>10} {'peak RSS MB':>11} "
           f"{'job p50 s':>9} {'job p99 s':>9}")

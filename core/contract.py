@@ -197,6 +197,10 @@ class BatchRecord(BaseModel):
     name: str | None = None  # e.g. the input file's name
     invalid: int = 0  # input lines refused at submission (not in total)
     submitting: bool = False  # its producer is still adding jobs (it cannot finish yet)
+    priority: int = 1  # its weight when batches share the slots (core/feed.py)
+    # Its share of the slots now, among the batches with lines waiting to run: set by
+    # listings (`Client.batches`), None when it has none waiting.
+    share: float | None = None
 
     @property
     def done(self) -> int:
@@ -219,6 +223,7 @@ class BatchRecord(BaseModel):
                 "name": fields.get("name"),
                 "invalid": fields.get("invalid", 0),
                 "submitting": fields.get("sealed") == "0",
+                "priority": fields.get("priority", 1),
             }
         )
 

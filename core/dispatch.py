@@ -5,8 +5,10 @@ these names and to resend a job whose message was lost. It builds no Celery app:
 pass theirs (core/celery_app.py makes one from settings).
 
 A job's message carries only its id, with a one-line summary that Flower shows as the
-task's args, never the request or a secret. On a Redis broker the messages are written in
-bulk (core/internals/kombu_messages.py); on any other broker one `send_task` each.
+task's args, never the request or a secret. A batch's lines are not published here: the
+feeder gives them messages of several lines each (`LINES_TASK`, core/feed.py) as slots
+free up. On a Redis broker the messages are written in bulk
+(core/internals/kombu_messages.py); on any other broker one `send_task` each.
 
 Lanes: a job without a batch (the Python API's single jobs, `mpq chat`, the gateway's direct
 calls) is *interactive*; a batch line is *batch*. Every worker takes a waiting interactive
@@ -23,7 +25,7 @@ arguments it was first declared with: on such brokers the inference queue is a n
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from enum import StrEnum
 from typing import Any
 
@@ -32,6 +34,7 @@ from kombu.entity import Queue
 
 from core.contract import JobKind, JobRecord
 from core.embeddings import input_count
+from core.feed import FedMessage
 from core.internals.kombu_messages import Outgoing, direct_routes, write_pipelined
 from core.store import JobStore
 
@@ -68,6 +71,8 @@ TASK_NAMES: dict[JobKind, str] = {
     JobKind.MGMT_REFRESH: "mpq.management.refresh",
     JobKind.MGMT_WAIT: "mpq.management.wait",
 }
+# Batch lines reach the workers several to a message (core/feed.py), whatever their kind.
+LINES_TASK = "mpq.inference.lines"
 REFRESH_TASK = "mpq.maintenance.refresh_proxies"
 
 SUMMARY_TEXT_MAX = 40
@@ -120,6 +125,7 @@ def task_routes(*, redis: bool = True) -> dict[str, dict[str, str]]:
     """Celery's `task_routes`: every task name to its queue."""
     routes = {name: {"queue": broker_queue_name(queue_for(kind), redis=redis)}
               for kind, name in TASK_NAMES.items()}
+    routes[LINES_TASK] = {"queue": broker_queue_name(INFERENCE_QUEUE, redis=redis)}
     routes[REFRESH_TASK] = {"queue": MANAGEMENT_QUEUE}
     return routes
 
@@ -150,14 +156,42 @@ def message_for(record: JobRecord, *, redis: bool = True) -> Outgoing:
                     message_priority(lane_of(record), redis=redis))
 
 
+def lines_summary(batch_id: str, proxy: str, priority: int, job_ids: Sequence[str],
+                  share: float | None = None) -> str:
+    """A message of batch lines, for Flower: its batch, priority, share of the slots when
+    it was sent, proxy and every job id (the orphan sweep finds the jobs a queued message
+    names by their ids)."""
+    shared = "" if share is None else f" share={share:.0%}"
+    return (f"batch={batch_id} priority={priority}{shared} proxy={proxy} "
+            f"lines={len(job_ids)} jobs={','.join(job_ids)}")
+
+
+def lines_message(fed: FedMessage, *, redis: bool = True) -> Outgoing:
+    return Outgoing(LINES_TASK, [fed.job_ids, fed.batch_id, fed.proxy, fed.priority],
+                    lines_summary(fed.batch_id, fed.proxy, fed.priority, fed.job_ids,
+                                  fed.share),
+                    KWARGSREPR, message_priority(Lane.BATCH, redis=redis))
+
+
 def publish(celery: Celery, records: Sequence[JobRecord]) -> None:
     """Send one message per job over one producer connection, in its lane: pipelined on
     Redis."""
-    if not records:
-        return
+    if records:
+        publish_messages(celery, lambda redis: [message_for(r, redis=redis) for r in records])
+
+
+def publish_lines(celery: Celery, fed: Sequence[FedMessage]) -> None:
+    """Send the feeder's messages of batch lines, pipelined on Redis."""
+    if fed:
+        publish_messages(celery, lambda redis: [lines_message(m, redis=redis) for m in fed])
+
+
+def publish_messages(celery: Celery, build: Callable[[bool], list[Outgoing]]) -> None:
+    """Send the messages `build` makes for this broker (is it Redis?) over one producer
+    connection."""
     with celery.producer_or_acquire() as producer:
         redis = producer.connection.transport.driver_type == "redis"
-        messages = [message_for(record, redis=redis) for record in records]
+        messages = build(redis)
         routes = direct_routes(celery, producer, (m.task for m in messages))
         if routes is None:
             send_each(celery, producer, messages)
@@ -176,8 +210,9 @@ def send_each(celery: Celery, producer: Any, messages: Sequence[Outgoing]) -> No
 async def enqueue(
     store: JobStore, celery: Celery, records: Sequence[JobRecord], batch_id: str | None = None
 ) -> list[JobRecord]:
-    """Store the records and publish them in rounds: workers start on the first round while
-    the others go in (a record always exists before its message).
+    """Store the records in rounds. Jobs without a batch are published with each round
+    (a record always exists before its message); a batch's lines wait in its flows, and the
+    feeder gives them their messages (core/feed.py), from the first round on.
 
     A batch cannot finish before the last round is in: with more than one round it is held
     open meanwhile, unless its producer holds it already (`open_batch`, then `seal_batch`
@@ -188,9 +223,18 @@ async def enqueue(
     stored: list[JobRecord] = []
     size = ENQUEUE_FIRST_ROUND
     while len(stored) < len(records):
-        round_ = await store.create_jobs(records[len(stored):len(stored) + size], batch_id)
-        await asyncio.to_thread(publish, celery, round_)
-        stored += round_
+        chunk = records[len(stored):len(stored) + size]
+        # A batch's inference lines wait for the feeder (core/feed.py); anything else (a
+        # management job in a batch, a job without one) is published with its round.
+        fed = [r for r in chunk if batch_id is not None and not JobKind(r.kind).is_management]
+        sent = [r for r in chunk if batch_id is None or JobKind(r.kind).is_management]
+        by_id = {r.id: r for r in await store.create_jobs(fed, batch_id, pending=True)} \
+            if fed else {}
+        if sent:
+            published = await store.create_jobs(sent, batch_id)
+            await asyncio.to_thread(publish, celery, published)
+            by_id.update((r.id, r) for r in published)
+        stored += [by_id[r.id] for r in chunk]
         size = ENQUEUE_ROUND
     if held:
         assert batch_id is not None  # held only with a batch
@@ -199,9 +243,12 @@ async def enqueue(
 
 
 async def cancel_batch(store: JobStore, batch_id: str) -> int:
-    """Cancel every job of a batch that is not final yet; returns how many were. The batch
-    is sealed too: one whose producer died while adding jobs would never finish."""
-    ids = await store.batch_job_ids(batch_id)
-    results = await asyncio.gather(*(store.cancel(job_id) for job_id in ids))
+    """Cancel every job of a batch that is not final yet; returns how many were. Its lines
+    still pending end in a few script calls; only those given to the broker (a window's
+    worth at most) are cancelled one by one. The batch is sealed too: one whose producer
+    died while adding jobs would never finish."""
+    cancelled = await store.feed.cancel_pending(batch_id, store.batch_templates())
+    fed = await store.feed.in_flight(batch_id)
+    results = await asyncio.gather(*(store.cancel(job_id) for job_id in fed))
     await store.seal_batch(batch_id)
-    return sum(results)
+    return cancelled + sum(results)

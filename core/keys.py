@@ -9,6 +9,7 @@ Layout (``P`` is the prefix, ``mpq:`` by default)::
     P batch:{id}:jobs       list    job ids in input order
     P batch:{id}:events     stream  one entry per finished job
     P batch:{id}:invalid    list    input lines refused at submission
+    P batch:{id}:pending:{proxy}  list  a batch's lines for one proxy not given to the broker yet
     P batches               zset    batch ids by creation time
     P jobs:open             zset    jobs not final yet, by when last seen waiting
     P jobs:cancels          string  bumped by every cancel
@@ -17,6 +18,14 @@ Layout (``P`` is the prefix, ``mpq:`` by default)::
     P rl:{name}:{part}      any     rate-limiter state (buckets, leases, cool-down)
     P reader:{id}:wake      stream  wakes one stream reader's blocking read
     P lock:{name}           string  distributed locks
+    P feed:flows            zset    "{batch}:{proxy}" flows with pending lines, by virtual time
+    P feed:clock            string  the feeder's virtual time (core/lua/feed_lines.lua)
+    P feed:inflight         zset    batch lines given to the broker, not final yet, by when
+    P feed:by_proxy         hash    how many of those each proxy has
+    P feed:pause:{proxy}    string  the proxy is not fed until this key expires
+    P feed:cap:{proxy}      string  lines in flight at which the proxy last ran out of permits
+    P feed:workers          zset    worker processes by when their registration expires
+    P feed:slots            hash    each registered worker process's slots
     P metrics               hash    counters for the metrics exporter
     P gw:key:{digest}       string  a gateway API key's id, by the key's SHA-256
     P gw:keys               hash    gateway API key ids to their description (JSON)
@@ -93,6 +102,19 @@ class Keys:
     def batch_invalid(self, batch_id: str) -> str:
         """Input lines refused at submission, kept for the batch's errors file."""
         return f"{self.batch(batch_id)}:invalid"
+
+    def batch_pending(self, batch_id: str, proxy: str) -> str:
+        """A batch's lines for one proxy that the feeder has not given to the broker yet
+        (core/feed.py), in input order."""
+        return f"{self.batch(batch_id)}:pending:{_part(proxy, 'proxy name')}"
+
+    def feed(self, name: str) -> str:
+        """The feeder's own keys (core/feed.py): flows, clock, inflight, workers, slots."""
+        return f"{self.prefix}feed:{_part(name, 'feed key')}"
+
+    def feed_proxy(self, name: str, proxy: str) -> str:
+        """The feeder's per-proxy keys: `pause` and `cap`."""
+        return f"{self.feed(name)}:{_part(proxy, 'proxy name')}"
 
     def batches(self) -> str:
         """Index of batches by creation time (a sorted set)."""

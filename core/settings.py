@@ -62,7 +62,15 @@ class Settings(BaseSettings):
     worker_slots: int = Field(
         default=500, ge=1, description="Jobs in flight per worker process (threads pool)."
     )
+    worker_processes: int = Field(
+        default=0, ge=0,
+        description="Worker processes one `mpq worker` runs; 0: one per usable core.",
+    )
     prefetch_multiplier: int = Field(default=1, ge=1, description="Celery prefetch per slot.")
+    lines_per_message: int = Field(
+        default=8, ge=1, le=64,
+        description="Batch lines the feeder puts in one broker message (run side by side).",
+    )
     visibility_timeout_s: int = Field(
         default=30, ge=5,
         description="Redis broker: unacked messages of a dead worker come back after this.",

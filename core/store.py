@@ -11,13 +11,11 @@ touch keys they were not handed: fine on one server, not on Redis Cluster.
 
 from __future__ import annotations
 
-import functools
 import json
 import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal, cast
 
 import redis.asyncio as aioredis
@@ -34,16 +32,12 @@ from core.contract import (
     JobStatus,
     decode_hash,
 )
+from core.feed import DEFAULT_PRIORITY, Feed, check_priority
 from core.internals.alloc_fit import split
 from core.keys import Keys
+from core.scripts import ID_SLOT, PUBLISHED_MS, lua_script, text
 
-_LUA_DIR = Path(__file__).with_name("lua")
-_ID_SLOT = "{id}"  # where job_common.lua's fill() puts an id into a key template
 _RPUSH_CHUNK = 10_000  # ids per RPUSH, keeps single commands reasonable
-# Job hash field: when the job's newest message was published (ms). Stamped by every
-# publish and requeue, so the orphan sweep (worker/orphans.py) can tell whether that
-# message may still wait in its queue.
-PUBLISHED_MS = "published_ms"
 
 StreamEntries = list[tuple[str, dict[str, str]]]
 AttemptKey = tuple[str, int]  # (job id, attempt)
@@ -75,18 +69,6 @@ def _queued_s(published_ms: str | bytes | None, started_at: float | None) -> flo
         return None
 
 
-@functools.cache
-def _lua(name: str, *, common: bool = True) -> str:
-    script = (_LUA_DIR / name).read_text(encoding="utf-8")
-    if not common:
-        return script
-    return (_LUA_DIR / "job_common.lua").read_text(encoding="utf-8") + "\n" + script
-
-
-def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _json(value: Any) -> str | None:
     return None if value is None else json.dumps(value, separators=(",", ":"))
 
@@ -109,7 +91,7 @@ def _streams_reply(reply: Any) -> dict[str, StreamEntries]:
     for key, listed in reply.items() if isinstance(reply, dict) else reply:
         # Entries are (id, fields) tuples; RESP3 wraps them in one more list.
         entries = listed[0] if listed and isinstance(listed[0], list) else listed
-        by_key[_text(key)] = [(_text(entry_id), decode_hash(fields))
+        by_key[text(key)] = [(text(entry_id), decode_hash(fields))
                               for entry_id, fields in entries]
     return by_key
 
@@ -138,31 +120,37 @@ class JobStore:
         self._redis = redis
         self.keys = keys
         self.retention_s = retention_s
-        self._finish = redis.register_script(_lua("finish_job.lua"))
-        self._move = redis.register_script(_lua("move_job.lua"))
-        self._claim = redis.register_script(_lua("claim_job.lua"))
-        self._renew = redis.register_script(_lua("renew_job.lua"))
-        self._append = redis.register_script(_lua("append_chunks.lua", common=False))
-        self._seal = redis.register_script(_lua("seal_batch.lua"))
-        self._published = redis.register_script(_lua("mark_published.lua", common=False))
+        self._finish = redis.register_script(lua_script("finish_job.lua"))
+        self._move = redis.register_script(lua_script("move_job.lua"))
+        self._claim = redis.register_script(lua_script("claim_job.lua"))
+        self._renew = redis.register_script(lua_script("renew_job.lua"))
+        self._append = redis.register_script(lua_script("append_chunks.lua", common=False))
+        self._seal = redis.register_script(lua_script("seal_batch.lua"))
+        self._published = redis.register_script(lua_script("mark_published.lua", common=False))
         self._batch_templates = [
-            keys.batch(_ID_SLOT),
-            keys.batch_jobs(_ID_SLOT),
-            keys.batch_events(_ID_SLOT),
-            keys.batch_invalid(_ID_SLOT),
+            keys.batch(ID_SLOT),
+            keys.batch_jobs(ID_SLOT),
+            keys.batch_events(ID_SLOT),
+            keys.batch_invalid(ID_SLOT),
         ]
+        self.feed = Feed(redis, keys, retention_s)
 
     # -- creating and reading -------------------------------------------------
 
     async def create_jobs(
-        self, records: Sequence[JobRecord], batch_id: str | None = None
+        self, records: Sequence[JobRecord], batch_id: str | None = None, *,
+        pending: bool = False,
     ) -> list[JobRecord]:
         """Write new records in one round trip; returns them as stored.
 
         With ``batch_id`` every record joins that batch; otherwise each joins
         the batch it names, if any. Ids are appended to the batch's job list in
         the order given and the batch's total and per-status counts grow.
+        With ``pending`` (batch lines only) they wait in their batch's flows for the
+        feeder (core/feed.py) instead of being published by the caller.
         """
+        if pending and batch_id is None:
+            raise ValueError("pending jobs are a batch's lines: give its batch_id")
         if batch_id is not None:
             records = [r.model_copy(update={"batch_id": batch_id}) for r in records]
         groups: defaultdict[str, list[JobRecord]] = defaultdict(list)
@@ -173,13 +161,16 @@ class JobStore:
                 pipe.hset(self.keys.job(record.id), mapping=_mapping(fields))
                 if record.batch_id is not None:
                     groups[record.batch_id].append(record)
-            # Every unfinished job is indexed, so a job whose message is lost can be found
-            # (worker/orphans.py); finish_job.lua takes it out.
-            for start in range(0, len(records), _RPUSH_CHUNK):
+            # Every unfinished job that has a message is indexed, so a job whose message is
+            # lost can be found (worker/orphans.py); finish_job.lua takes it out. Pending
+            # lines join the index when the feeder gives them their message.
+            for start in range(0, 0 if pending else len(records), _RPUSH_CHUNK):
                 chunk = records[start:start + _RPUSH_CHUNK]
                 pipe.zadd(self.keys.open_jobs(), {r.id: now_ms for r in chunk})
             for group_id, members in groups.items():
                 self._add_to_batch(pipe, group_id, members)
+                if pending:
+                    self.feed.add_pending(pipe, group_id, members)
             await pipe.execute()
         return list(records)
 
@@ -209,16 +200,19 @@ class JobStore:
             replies = await pipe.execute()
         return [_joined(reply) for reply in replies]
 
-    async def open_batch(self, batch_id: str, name: str | None, invalid: Sequence[str]) -> None:
+    async def open_batch(self, batch_id: str, name: str | None, invalid: Sequence[str],
+                         priority: int = DEFAULT_PRIORITY) -> None:
         """Register a batch before its jobs: its name, the input lines refused (JSON
-        error lines), and its place in the index. It cannot finish until `seal_batch`:
-        jobs added in several rounds could otherwise all end before the next round."""
+        error lines), its priority (its weight when batches share the slots, core/feed.py)
+        and its place in the index. It cannot finish until `seal_batch`: jobs added in
+        several rounds could otherwise all end before the next round."""
+        check_priority(priority)
         key = self.keys.batch(batch_id)
         now = time.time()
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(key, mapping={"created_at": str(now), "invalid": str(len(invalid)),
                                     "total": "0", "status": BatchStatus.IN_PROGRESS.value,
-                                    "sealed": "0"})
+                                    "sealed": "0", "priority": str(priority)})
             if name:
                 pipe.hset(key, "name", name)
             if invalid:
@@ -236,7 +230,7 @@ class JobStore:
             pipe.hget(key, "sealed")
             pipe.hset(key, "sealed", "0")
             held_before, _ = await pipe.execute()
-        return _text(held_before or "") != "0"
+        return text(held_before or "") != "0"
 
     async def seal_batch(self, batch_id: str) -> bool:
         """Every job of the batch is added: it finishes now if they have all ended (or it
@@ -245,14 +239,29 @@ class JobStore:
                                   *self._batch_templates]
         return bool(await self._seal(keys=[self.keys.batch(batch_id)], args=args))
 
+    def batch_templates(self) -> list[str]:
+        """Key templates of a batch (batch, jobs, events, invalid), as the scripts take them."""
+        return list(self._batch_templates)
+
     async def invalid_lines(self, batch_id: str) -> list[str]:
         lines = await self._redis.lrange(self.keys.batch_invalid(batch_id), 0, -1)
-        return [_text(line) for line in lines]
+        return [text(line) for line in lines]
+
+    async def add_invalid_lines(self, batch_id: str, lines: Sequence[str]) -> None:
+        """More input lines refused (JSON error lines), for a batch its producer holds open
+        (`open_batch`) and reads as a stream: they count in its `invalid`, and their list
+        expires with the batch's other keys once it is sealed and done."""
+        if not lines:
+            return
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.rpush(self.keys.batch_invalid(batch_id), *lines)
+            pipe.hincrby(self.keys.batch(batch_id), "invalid", len(lines))
+            await pipe.execute()
 
     async def batch_ids(self, limit: int) -> list[str]:
         """The newest batches first."""
         ids = await self._redis.zrevrange(self.keys.batches(), 0, limit - 1)
-        return [_text(cast(str | bytes, i)) for i in ids]
+        return [text(cast(str | bytes, i)) for i in ids]
 
     async def load_many(self, job_ids: Sequence[str]) -> list[JobRecord | None]:
         """Records of many jobs in one round trip (None where a job is unknown)."""
@@ -269,7 +278,7 @@ class JobStore:
     async def batch_job_ids(self, batch_id: str, start: int = 0, stop: int = -1) -> list[str]:
         """Job ids in input order; ``start``/``stop`` as in LRANGE (inclusive)."""
         ids = await self._redis.lrange(self.keys.batch_jobs(batch_id), start, stop)
-        return [_text(i) for i in ids]
+        return [text(i) for i in ids]
 
     # -- state changes (all fenced in Lua) ------------------------------------
 
@@ -280,7 +289,7 @@ class JobStore:
             keys=[self.keys.job(job_id)],
             args=[worker, int(lease_s * 1000), self._batch_templates[0]],
         )
-        outcome = cast(ClaimOutcome, _text(reply[0]))
+        outcome = cast(ClaimOutcome, text(reply[0]))
         attempt, extra = int(reply[1]), int(reply[2])
         if outcome == "claimed":
             fields = reply[3]
@@ -406,7 +415,7 @@ class JobStore:
         vectors: bytes = b"",
     ) -> bool:
         keys = [self.keys.job(job_id), self.keys.job_chunks(job_id), self.keys.open_jobs(),
-                self.keys.job_vectors(job_id)]
+                self.keys.job_vectors(job_id), *self.feed.window_keys()]
         args: list[EncodableT] = [job_id, attempt, status.value, time.time(), self.retention_s]
         pieces = split(vectors)
         args += [*self._batch_templates, _json(error) or "", len(entry), *entry,
@@ -446,7 +455,7 @@ class JobStore:
         args += [part for key in attempts for part in (key[1], len(entries[key]))]
         args += [value for row in rows for value in row.values()]
         replies = await self._append(keys=keys, args=args)
-        return {key: [_text(i) for i in ids] if isinstance(ids, list) else None
+        return {key: [text(i) for i in ids] if isinstance(ids, list) else None
                 for key, ids in zip(attempts, replies, strict=True)}
 
     async def read_chunks(

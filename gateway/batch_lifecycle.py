@@ -28,12 +28,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from core.contract import BatchStatus, JobRecord
 from core.dispatch import cancel_batch
+from core.feed import DEFAULT_PRIORITY, check_priority
 from gateway.batch_input import batch_error, check_input, input_records
 from gateway.batch_lease import batch_lease
 from gateway.batch_objects import (
@@ -208,6 +209,16 @@ async def _validate(gw: Gateway, objects: BatchObjects, batch: GatewayBatch) -> 
                              {"status": BatchState.IN_PROGRESS, "in_progress_at": time.time()})
 
 
+def priority_of(metadata: Mapping[str, str]) -> int:
+    """A batch's `metadata.priority`: its weight when batches share the slots (core/feed.py);
+    `ValueError` unless it is a whole number in range."""
+    text = metadata.get("priority", str(DEFAULT_PRIORITY))
+    if not text.isdigit():
+        raise ValueError(f"priority must be a whole number (got {text!r})")
+    check_priority(int(text))
+    return int(text)
+
+
 async def _submit(gw: Gateway, batch: GatewayBatch, stored: StoredFile,
                   proxies: list[str]) -> None:
     """The mpq batch of the same id, its jobs in input order. A process that took the batch
@@ -216,7 +227,8 @@ async def _submit(gw: Gateway, batch: GatewayBatch, stored: StoredFile,
     store = gw.client.store
     added = 0
     if await store.batch(batch.id) is None:
-        await store.open_batch(batch.id, stored.filename, [])
+        await store.open_batch(batch.id, stored.filename, [],
+                               priority=priority_of(batch.metadata or {}))
     else:
         added = int(await gw.client.redis.llen(gw.client.keys.batch_jobs(batch.id)))
     records = _after(input_records(gw, stored, proxies), added)

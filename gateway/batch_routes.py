@@ -70,8 +70,8 @@ def _checked_window(gw: Gateway, completion_window: str) -> str:
 
 
 def _checked_metadata(gw: Gateway, metadata: dict[str, str] | None) -> dict[str, str] | None:
-    """OpenAI's limits, and our two keys: `proxy` (a proxy name) and `webhook_url` (a URL
-    on the allow-list)."""
+    """OpenAI's limits, and our keys: `proxy` (a proxy name), `webhook_url` (a URL on the
+    allow-list) and `priority` (the batch's weight, 1-100)."""
     if metadata is None:
         return None
     if len(metadata) > METADATA_MAX_PAIRS:
@@ -87,6 +87,11 @@ def _checked_metadata(gw: Gateway, metadata: dict[str, str] | None) -> dict[str,
             check_url(metadata["webhook_url"], gw.settings.gateway_webhook_hosts)
     except ValueError as exc:
         raise OpenAIError(400, str(exc), param="metadata.webhook_url") from None
+    try:
+        if "priority" in metadata:
+            lifecycle.priority_of(metadata)
+    except ValueError as exc:
+        raise OpenAIError(400, str(exc), param="metadata.priority") from None
     return metadata
 
 

@@ -10,7 +10,6 @@ its `AnswerStream.request_id`.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from functools import partial
@@ -123,10 +122,23 @@ class DataAPI:
         self.proxy_name = proxy_name
         self._config = config
         self._limits = limits
+        self._base_url: str | None = None
+        self._auth: httpx.Auth | None = None
+        self._auth_resolved = False
 
     def base_url(self) -> str:
-        name = quote(self.proxy_name, safe="")
-        return f"{self._config.get_data_endpoint()}/models/{name}/v1"
+        """Resolved on first use (the endpoint may come from the environment), then kept:
+        a worker reuses one `DataAPI` per proxy for every job."""
+        if self._base_url is None:
+            name = quote(self.proxy_name, safe="")
+            self._base_url = f"{self._config.get_data_endpoint()}/models/{name}/v1"
+        return self._base_url
+
+    def auth(self) -> httpx.Auth | None:
+        """`data_auth` of the config, resolved on first use like `base_url`."""
+        if not self._auth_resolved:
+            self._auth, self._auth_resolved = data_auth(self._config), True
+        return self._auth
 
     async def chat(self, body: dict[str, Any]) -> ChatCompletion:
         return await self._post("/chat/completions", body, ChatCompletion)
@@ -165,17 +177,18 @@ class DataAPI:
         """The JSON answer as `answer`, with the request id its headers gave."""
         async with open_response(
             self._config, "POST", self.base_url() + path, json_body=body,
-            headers=self._config.get_headers(), auth=data_auth(self._config),
+            headers=self._config.get_headers(), auth=self.auth(),
         ) as response:
             content = await read_body(response, self._limits.max_body_bytes)
-        return answer.model_validate(json.loads(content)).with_request_id(
+        # Parsed and validated in one pass by pydantic-core (bad JSON: a ValidationError).
+        return answer.model_validate_json(content).with_request_id(
             request_id_of(response.headers))
 
     def _stream(self, path: str, body: dict[str, Any]) -> Any:
         headers = {**self._config.get_headers(), "accept": "text/event-stream"}
         return open_response(
             self._config, "POST", self.base_url() + path, json_body=body, headers=headers,
-            auth=data_auth(self._config),
+            auth=self.auth(),
         )
 
     def _events(self, response: httpx.Response) -> AsyncIterator[ServerSentEvent]:

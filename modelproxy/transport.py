@@ -100,7 +100,12 @@ async def close_shared_clients() -> None:
 
 
 def timeout_for(config: Config) -> httpx.Timeout:
-    return httpx.Timeout(config.get_timeout_s(), connect=config.get_connect_timeout_s())
+    return _timeout(config.get_timeout_s(), config.get_connect_timeout_s())
+
+
+@functools.lru_cache(maxsize=64)
+def _timeout(total_s: float, connect_s: float) -> httpx.Timeout:
+    return httpx.Timeout(total_s, connect=connect_s)
 
 
 def classify_transport_error(exc: BaseException, *, streaming: bool) -> type[TransportError]:

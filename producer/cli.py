@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import NoReturn
@@ -163,20 +164,33 @@ def _celery_settings() -> Settings:
 def worker(
     queues: str = typer.Option("inference,management", help="Queues to consume."),
     slots: int | None = typer.Option(
-        None, min=1, help="Jobs in flight in this process (default: MPQ_WORKER_SLOTS or 500)."
+        None, min=1, help="Jobs in flight in each process (default: MPQ_WORKER_SLOTS or 500)."
+    ),
+    processes: int | None = typer.Option(
+        None, min=0,
+        help="Worker processes (default: MPQ_WORKER_PROCESSES, or 0: one per usable core).",
     ),
     loglevel: str = typer.Option("INFO", help="Log level."),
-    name: str | None = typer.Option(None, help="Node name (default: mpq-<pid>@host)."),
+    name: str | None = typer.Option(
+        None, help="Node name (default: mpq-<pid>@host; several processes: <name>-1, -2, …)."
+    ),
 ) -> None:
-    """Run a worker: a Celery threads pool whose slots share one event loop."""
+    """Run a worker: Celery threads pools whose slots share one event loop per process, one
+    process per usable core; SIGTERM or Ctrl-C stops them all."""
     from core.celery_app import consumed_queues  # noqa: PLC0415 - imports Celery
+    from producer.worker_group import child_name, run_group, usable_cores  # noqa: PLC0415
 
     settings = _celery_settings()
-    _exec_celery([
-        "worker", "--pool=threads", f"--concurrency={slots or settings.worker_slots}",
-        "-Q", consumed_queues(settings, queues), f"--loglevel={loglevel}",
-        "-n", name or f"mpq-{os.getpid()}@%h",
-    ])
+    count = processes if processes is not None else settings.worker_processes
+    count = count or usable_cores()
+    node = name or f"mpq-{os.getpid()}@%h"
+    args = ["worker", "--pool=threads", f"--concurrency={slots or settings.worker_slots}",
+            "-Q", consumed_queues(settings, queues), f"--loglevel={loglevel}"]
+    if count == 1:
+        _exec_celery([*args, "-n", node])
+    names = [child_name(node, i) for i in range(1, count + 1)]
+    code = run_group([(n, [*_celery_command(), *args, "-n", n]) for n in names], loglevel)
+    raise typer.Exit(code)
 
 
 @app.command()
@@ -190,6 +204,11 @@ def beat(loglevel: str = typer.Option("INFO", help="Log level.")) -> None:
 def _exec_celery(args: list[str]) -> NoReturn:
     """Become `celery -A worker.app …`: the worker's app is run by name, never imported."""
     exec_module("celery", ["-A", WORKER_APP, *args])
+
+
+def _celery_command() -> list[str]:
+    """`python -m celery -A worker.app`, for a child process."""
+    return [sys.executable, "-m", "celery", "-A", WORKER_APP]
 
 
 @app.command()

@@ -15,6 +15,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Column, Table
 
 from core.contract import BatchRecord, JobStatus
+from core.feed import DEFAULT_PRIORITY, MAX_PRIORITY
 from producer.batches import Batch
 from producer.cli_common import (
     EXIT_FAILED,
@@ -86,12 +87,16 @@ def submit(
     wait: bool = typer.Option(False, help="Follow the batch to its end with a progress bar."),
     strict: bool = typer.Option(False, help="Refuse the whole file if any line is invalid."),
     results: Path | None = typer.Option(None, help="With --wait: write the results here."),
+    priority: int = typer.Option(
+        DEFAULT_PRIORITY, min=DEFAULT_PRIORITY, max=MAX_PRIORITY,
+        help="Weight when batches share the slots: 3 runs three lines for each line of a 1."),
 ) -> None:
     """Submit a batch; invalid lines are reported with their line numbers."""
     with client() as mpq:
         source = sys.stdin.buffer if str(file) == "-" else file.open("rb")
         with source:
-            batch, errors = mpq.submit_batch(source, proxy, strict=strict, name=file.name)
+            batch, errors = mpq.submit_batch(source, proxy, strict=strict, name=file.name,
+                                             priority=priority)
         # The id first (a hex id: nothing in this line can fail), so whatever happens next,
         # the batch that is in can be followed.
         console.print(f"batch [bold]{batch.id}[/] submitted")
@@ -213,7 +218,8 @@ def list_batches(limit: int = typer.Option(20, min=1, help="How many, newest fir
     if as_json:
         print_json([batch_json(record) for record in records])
         return
-    table = Table("name", "status", "total", "succeeded", "failed", "invalid")
+    table = Table("name", "status", "total", "succeeded", "failed", "invalid", "priority",
+                  "share")
     # The id never shrinks or wraps: a narrow terminal cuts the name instead.
     table.columns.insert(0, Column("batch", no_wrap=True, min_width=max(
         (len(record.id) for record in records), default=5)))
@@ -221,7 +227,9 @@ def list_batches(limit: int = typer.Option(20, min=1, help="How many, newest fir
         table.add_row(escape_markup(record.id), escape_markup(record.name or ""),
                       record.status.value, str(record.total),
                       str(record.counts.get(JobStatus.SUCCEEDED, 0)),
-                      str(record.counts.get(JobStatus.FAILED, 0)), str(record.invalid))
+                      str(record.counts.get(JobStatus.FAILED, 0)), str(record.invalid),
+                      str(record.priority),
+                      "" if record.share is None else f"{record.share:.0%}")
     console.print(table)
 
 

@@ -3,8 +3,13 @@ hand back handles to follow them. Both only need the shared Redis (and broker)."
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
-from collections.abc import Iterable, Sequence
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import ExitStack
 from typing import Any, Self
 
 import redis.asyncio as aioredis
@@ -23,6 +28,7 @@ from core.contract import (
 )
 from core.dispatch import enqueue
 from core.embeddings import EmbeddingsInput
+from core.feed import DEFAULT_PRIORITY, check_priority
 from core.keys import Keys
 from core.redis_client import REDIS_RETRIES, redis_client
 from core.settings import Settings
@@ -30,9 +36,11 @@ from core.store import JobStore
 from modelproxy import ModelProxyCreateInput, ModelProxyUpdateInput
 from modelproxy.portal import run_sync
 from producer.batch_format import (
+    BatchLine,
     LineError,
     check_request,
     error_line_for_invalid,
+    iter_batch,
     parse_batch,
 )
 from producer.batches import AsyncBatch, Batch, BatchNotFoundError, enqueue_from
@@ -41,6 +49,7 @@ from producer.stream_reader import StreamReader
 
 REDIS_CONNECTIONS_MAX = 1024
 JSON_SEPARATORS = (",", ":")
+INVALID_ROUND = 1_000  # refused lines stored per round trip
 
 
 class NoRedisError(RuntimeError):
@@ -162,32 +171,53 @@ class AsyncClient:
 
     async def submit_batch(self, lines: Iterable[str | bytes], proxy: str | None = None, *,
                            strict: bool = False, name: str | None = None,
+                           priority: int = DEFAULT_PRIORITY,
                            ) -> tuple[AsyncBatch, list[LineError]]:
-        """Submit an OpenAI Batch input (JSONL lines). Invalid lines are reported (and kept
-        for the errors file) while the valid ones run, unless `strict`. A bad default
-        `proxy` is bad input (`ValueError`): nothing is submitted."""
+        """Submit an OpenAI Batch input: JSONL lines, or a file opened for reading, read as a
+        stream (a round of jobs at a time). Invalid lines are reported (and kept for the
+        errors file) while the valid ones run, unless `strict`: then nothing is submitted if
+        any line is invalid (a file is read twice for that, any other iterable is held in
+        memory). `priority` (1-100) is the batch's weight when batches share the slots: one
+        of priority 3 runs three lines for each line of a batch of priority 1. A bad default
+        `proxy` or priority is bad input (`ValueError`): nothing is submitted."""
+        check_priority(priority)
         if proxy is not None:
             check_proxy_name(proxy)
-        parsed = parse_batch(lines, proxy)
-        if strict and parsed.errors:
-            raise BatchInvalidError(parsed.errors)
-        # Records first: one that does not validate raises before anything is written,
-        # instead of leaving an empty batch behind.
-        records = [JobRecord(kind=line.kind, proxy=line.proxy, request=line.body,
-                             custom_id=line.custom_id) for line in parsed.lines]
-        batch_id = new_id()
-        invalid = [_json(error_line_for_invalid(error)) for error in parsed.errors]
-        await self.store.open_batch(batch_id, name, invalid)
-        await enqueue(self.store, self.celery, records, batch_id)
+        errors: list[LineError] = []
+        with ExitStack() as stack:
+            verdicts = (await asyncio.to_thread(_strict_verdicts, lines, proxy, stack)
+                        if strict else iter_batch(lines, proxy))
+            batch_id = new_id()
+            await self.store.open_batch(batch_id, name, [], priority=priority)
+            await enqueue_from(self.store, self.celery,
+                               self._batch_records(verdicts, batch_id, errors), batch_id)
         await self.store.seal_batch(batch_id)
-        return AsyncBatch(self.store, batch_id), parsed.errors
+        return AsyncBatch(self.store, batch_id), errors
+
+    async def _batch_records(self, verdicts: Iterable[BatchLine | LineError], batch_id: str,
+                             errors: list[LineError]) -> AsyncIterator[JobRecord]:
+        """The jobs of the valid lines; the invalid ones go to `errors` and, a round at a
+        time, to the batch's errors file."""
+        invalid: list[str] = []
+        for verdict in verdicts:
+            if isinstance(verdict, BatchLine):
+                yield JobRecord(kind=verdict.kind, proxy=verdict.proxy, request=verdict.body,
+                                custom_id=verdict.custom_id)
+                continue
+            errors.append(verdict)
+            invalid.append(_json(error_line_for_invalid(verdict)))
+            if len(invalid) == INVALID_ROUND:
+                await self.store.add_invalid_lines(batch_id, invalid)
+                invalid = []
+        await self.store.add_invalid_lines(batch_id, invalid)
 
     async def retry_failed(self, batch_id: str, *, name: str | None = None) -> AsyncBatch:
         """A new batch of the jobs of a finished batch that failed or were cancelled: the
-        same requests, proxies and custom_ids. `ValueError` if the batch is still running or
-        has nothing to retry."""
+        same requests, proxies and custom_ids, and its priority. `ValueError` if the batch is
+        still running or has nothing to retry."""
         old = AsyncBatch(self.store, batch_id)
-        if (await old.info()).status != BatchStatus.FINISHED:
+        info = await old.info()
+        if info.status != BatchStatus.FINISHED:
             raise ValueError(f"batch {batch_id} is still running; wait for it or cancel it "
                              "first")
         records = old.retry_records()
@@ -195,7 +225,8 @@ class AsyncClient:
         if first is None:
             raise ValueError(f"batch {batch_id} has no failed or cancelled jobs to retry")
         retry_id = new_id()
-        await self.store.open_batch(retry_id, name or f"retry of {batch_id}", [])
+        await self.store.open_batch(retry_id, name or f"retry of {batch_id}", [],
+                                    priority=info.priority)
         await enqueue(self.store, self.celery, [first], retry_id)
         await enqueue_from(self.store, self.celery, records, retry_id)
         await self.store.seal_batch(retry_id)
@@ -205,18 +236,54 @@ class AsyncClient:
         return AsyncBatch(self.store, batch_id)
 
     async def batches(self, limit: int = 20) -> list[BatchRecord]:
-        """The newest batches first (those whose records expired are left out)."""
+        """The newest batches first (those whose records expired are left out), each with
+        its share of the slots if it has lines waiting to run."""
         found = []
+        shares = await self.store.feed.shares()
         for batch_id in await self.store.batch_ids(limit):
             try:
-                found.append(await AsyncBatch(self.store, batch_id).info())
+                record = await AsyncBatch(self.store, batch_id).info()
             except BatchNotFoundError:
                 continue
+            found.append(record.model_copy(update={"share": shares.get(batch_id)}))
         return found
 
 
 def _json(value: Any) -> str:
     return json.dumps(value, separators=JSON_SEPARATORS)
+
+
+def _strict_verdicts(lines: Iterable[str | bytes], proxy: str | None,
+                     stack: ExitStack) -> Iterable[BatchLine | LineError]:
+    """The verdicts of an input with no invalid line (else `BatchInvalidError`). A file is
+    checked in a first pass, then read again from where it was (a pipe is copied to a
+    temporary file `stack` closes); any other input's lines are held in memory."""
+    source = _rereadable(lines, stack)
+    if source is None:
+        parsed = parse_batch(lines, proxy)
+        if parsed.errors:
+            raise BatchInvalidError(parsed.errors)
+        return parsed.lines
+    start = source.tell()
+    errors = [v for v in iter_batch(source, proxy) if isinstance(v, LineError)]
+    if errors:
+        raise BatchInvalidError(errors)
+    source.seek(start)
+    return iter_batch(source, proxy)
+
+
+def _rereadable(lines: Iterable[str | bytes], stack: ExitStack) -> io.IOBase | None:
+    """`lines` as a file that can be read again from here, or None if it is no file."""
+    if not isinstance(lines, io.IOBase):
+        return None
+    if lines.seekable():
+        return lines
+    if isinstance(lines, io.TextIOBase):
+        return None
+    spool = stack.enter_context(tempfile.TemporaryFile())  # noqa: SIM115 - the stack closes it
+    shutil.copyfileobj(lines, spool)
+    spool.seek(0)
+    return spool
 
 
 class Client:
@@ -279,9 +346,9 @@ class Client:
 
     def submit_batch(self, lines: Iterable[str | bytes], proxy: str | None = None, *,
                      strict: bool = False, name: str | None = None,
-                     ) -> tuple[Batch, list[LineError]]:
+                     priority: int = DEFAULT_PRIORITY) -> tuple[Batch, list[LineError]]:
         batch, errors = run_sync(self._client.submit_batch(lines, proxy, strict=strict,
-                                                           name=name))
+                                                           name=name, priority=priority))
         return Batch(batch), errors
 
     def retry_failed(self, batch_id: str, *, name: str | None = None) -> Batch:

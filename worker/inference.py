@@ -19,7 +19,7 @@ import dataclasses
 import time
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any
 
 from core.contract import ChunkEntry, JobKind, JobRecord
@@ -45,6 +45,9 @@ from worker.upstream import UpstreamRefused
 
 UNLIMITED = Limits()
 TRANSITIONAL = frozenset({Status.CREATING.value, Status.UPDATING.value})
+
+
+LINE_PERMIT_MAX_WAIT_S = 0.2
 
 
 class NoPermit(Exception):
@@ -82,9 +85,19 @@ def response_limits(settings: Settings) -> ResponseLimits:
 
 def configured_limits(settings: Settings) -> Limits:
     """The per-proxy limits from settings (merged with each proxy's declared policies)."""
-    return Limits(requests_per_minute=settings.requests_per_minute,
-                  tokens_per_minute=settings.tokens_per_minute,
-                  max_concurrency=settings.max_concurrency)
+    return _configured_limits(settings.requests_per_minute, settings.tokens_per_minute,
+                              settings.max_concurrency)
+
+
+# Limits are frozen models: every job asks for the same few, so they are made once.
+@lru_cache(maxsize=16)
+def _configured_limits(rpm: int | None, tpm: int | None, concurrency: int | None) -> Limits:
+    return Limits(requests_per_minute=rpm, tokens_per_minute=tpm, max_concurrency=concurrency)
+
+
+@lru_cache(maxsize=1024)
+def _merged_limits(configured: Limits, declared: Limits) -> Limits:
+    return merge_limits(configured, declared)
 
 
 async def run_inference(rt: Runtime, job: JobRecord, attempt: int) -> JobResult:
@@ -93,21 +106,23 @@ async def run_inference(rt: Runtime, job: JobRecord, attempt: int) -> JobResult:
         await rt.cache.invalidate(job.proxy)
         raise ProxyNotReady(f"proxy {job.proxy} is {proxy.status}", status_code=409)
     body = _request_body(job, proxy)
-    limits = merge_limits(configured_limits(rt.settings), proxy.declared_limits())
+    limits = _merged_limits(configured_limits(rt.settings), proxy.declared_limits())
     key = rt.keys.limiter(proxy.name)
     if limits == UNLIMITED:
         # Nothing to count, but a shared cool-down after a 429 still applies.
-        remaining_s = await rt.limiter.cooldown_remaining_s(key)
+        remaining_s = await rt.limiter.recent_cooldown_s(key)
         if remaining_s > 0:
             rt.metrics.permit_requeued(proxy.name)
             raise NoPermit(remaining_s, "cooldown")
         return await _call(rt, job, attempt, proxy.name, body)
     cost = _estimate(job.kind, body)
     asked = time.monotonic()
+    # A batch line waits in its slot only briefly: a longer wait gives it back to its flow
+    # and pauses its proxy, so the slot goes to a line that can run (core/feed.py).
+    max_wait_s = rt.settings.permit_max_wait_s if job.batch_id is None else min(
+        rt.settings.permit_max_wait_s, LINE_PERMIT_MAX_WAIT_S)
     permit = await rt.limiter.wait_for_permit(
-        key, limits, cost, f"{job.id}:{attempt}", rt.leases.hold_ttl_s,
-        rt.settings.permit_max_wait_s,
-    )
+        key, limits, cost, f"{job.id}:{attempt}", rt.leases.hold_ttl_s, max_wait_s)
     if not isinstance(permit, Permit):
         rt.metrics.permit_requeued(proxy.name, time.monotonic() - asked)
         raise NoPermit(permit.wait_s, permit.reason)
@@ -170,7 +185,9 @@ async def _call(
 async def _answer(
     rt: Runtime, job: JobRecord, attempt: int, proxy: str, body: dict[str, Any]
 ) -> JobResult:
-    data = DataAPI(proxy, rt.config, response_limits(rt.settings))
+    data = rt.data_apis.get(proxy)
+    if data is None:
+        data = rt.data_apis[proxy] = DataAPI(proxy, rt.config, response_limits(rt.settings))
     timeout_s = rt.settings.attempt_timeout_s
     if job.kind == JobKind.EMBEDDINGS:
         async with deadline(timeout_s, "attempt"):

@@ -50,7 +50,7 @@ from pydantic import ValidationError
 from core.contract import FINAL, JobKind, JobRecord
 from core.dispatch import QUEUES, REDIS_PRIORITIES, Lane, lane_of, publish, queue_for
 from core.internals.kombu_messages import read_queued
-from core.store import PUBLISHED_MS
+from core.scripts import PUBLISHED_MS
 from worker.runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -192,7 +192,10 @@ def _read_message(text: str) -> tuple[str | None, float]:
     if queued is None:
         return None, _UNKNOWN
     eta_ms = queued.eta.timestamp() * 1000 if queued.eta else _UNKNOWN
-    job_id = queued.args[0] if queued.args and isinstance(queued.args[0], str) else None
+    first = queued.args[0] if queued.args else None
+    if isinstance(first, list) and first:  # a message of batch lines: its first job's
+        first = first[0]
+    job_id = first if isinstance(first, str) else None
     return (job_id if job_id and _JOB_ID.fullmatch(job_id) else None), eta_ms
 
 

@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import partial
 
 from redis.asyncio import Redis
 from redis.typing import EncodableT, FieldT
@@ -55,17 +56,20 @@ class CachedProxy:
     model: str
     props: ModelProxyProps
     fetched_at: float
+    declared: Limits  # see declared_limits()
 
     @classmethod
     def from_props(cls, name: str, props: ModelProxyProps, fetched_at: float) -> CachedProxy:
         # A plain props copy: a fetched ModelProxy also carries the Config it came with.
         plain = ModelProxyProps.model_validate(props.to_wire())
-        return cls(name, plain.status, model_name_for(plain), plain, fetched_at)
+        config = plain.proxy_config
+        declared = declared_limits(config.policies if config else None)
+        return cls(name, plain.status, model_name_for(plain), plain, fetched_at, declared)
 
     def declared_limits(self) -> Limits:
-        """The limits the proxy's own policies declare (``policy.declared_limits``)."""
-        config = self.props.proxy_config
-        return declared_limits(config.policies if config else None)
+        """The limits the proxy's own policies declare (``policy.declared_limits``), worked
+        out once per cached copy: every job asks."""
+        return self.declared
 
     def to_hash(self) -> dict[FieldT, EncodableT]:
         props = self.props.model_dump_json(by_alias=True, exclude_none=True)
@@ -149,6 +153,7 @@ class ProxyCache:
         # Hundreds of jobs a second ask for the same proxy: answer them from memory for a
         # moment instead of one Redis round trip each.
         self._memo: dict[str, tuple[float, CachedProxy]] = {}
+        self._looking_up: dict[str, asyncio.Future[CachedProxy]] = {}
         self.memo_s = min(max_age_s, MEMO_S)
 
     # ---- one proxy ---------------------------------------------------------------------
@@ -161,9 +166,25 @@ class ProxyCache:
         memo = self._memo.get(name)
         if memo is not None and time.monotonic() < memo[0]:
             return memo[1]
+        # One lookup per name when the memo runs out, however many slots ask at that moment
+        # (they all did their own Redis round trip and parse before).
+        lookup = self._looking_up.get(name)
+        if lookup is None:
+            lookup = asyncio.ensure_future(self._remembered(name))
+            self._looking_up[name] = lookup
+            lookup.add_done_callback(partial(self._looked_up, name))
+        return await asyncio.shield(lookup)
+
+    async def _remembered(self, name: str) -> CachedProxy:
         proxy = await self._get_shared(name)
         self._memo[name] = (time.monotonic() + self.memo_s, proxy)
         return proxy
+
+    def _looked_up(self, name: str, lookup: asyncio.Future[CachedProxy]) -> None:
+        if self._looking_up.get(name) is lookup:
+            del self._looking_up[name]
+        if not lookup.cancelled():
+            lookup.exception()  # retrieved: a lookup nobody waits for any more is quiet
 
     async def _get_shared(self, name: str) -> CachedProxy:
         key = self.keys.proxy(name)

@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 
 # A redelivered message waits for the other delivery's lease a little past its end.
 BUSY_MARGIN_S = 0.5
+# The status of an attempt that found no rate-limit permit: released, it never ran.
+WAITING = "waiting"
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,9 @@ async def run_job(rt: Runtime, job_id: str) -> Outcome:
     job = claim.job
     assert job is not None  # a claim returns the record it claimed
     started = time.monotonic()
-    logger.info("job %s %s attempt %d started", job_id, job.kind, claim.attempt)
+    # DEBUG: the end line below says it all (its elapsed_s dates the start), and
+    # mpq_jobs{state="running"} counts starts; a second line per job costs the worker CPU.
+    logger.debug("job %s %s attempt %d started", job_id, job.kind, claim.attempt)
     rt.metrics.job_started(job.kind)
     rt.metrics.queue_wait(lane_of(job), claim.queued_s)
     outcome = await _attempt(rt, job, claim)
@@ -71,7 +75,7 @@ async def _attempt(rt: Runtime, job: JobRecord, claim: Claim) -> Outcome:
         # No permit, so no upstream call and nothing written under this attempt's number:
         # the release gives the number back (a wait is not a try, see core/lua/claim_job.lua).
         await rt.store.release(job.id, claim.attempt)
-        return Outcome("later", "waiting", wait.wait_s, str(wait))
+        return Outcome("later", WAITING, wait.wait_s, str(wait))
     except (UpstreamRefused, ModelProxyError, ValidationError) as exc:
         return await _failed(rt, job, claim, exc)
     except Exception as exc:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
@@ -15,6 +15,7 @@ from core.redis_client import redis_client
 from core.settings import Settings
 from core.store import JobStore
 from modelproxy import Config
+from modelproxy.data import DataAPI
 from worker.chunks import ChunkSink
 from worker.lease import LeaseKeeper
 from worker.metrics import MetricsRecorder
@@ -39,6 +40,8 @@ class Runtime:
     worker_name: str
     leases: LeaseKeeper
     metrics: MetricsRecorder
+    # One per proxy, its endpoint and auth resolved once (worker/inference.py).
+    data_apis: dict[str, DataAPI] = field(default_factory=dict)
 
 
 def build_runtime(settings: Settings) -> Runtime:

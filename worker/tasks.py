@@ -7,8 +7,11 @@ delivery) goes back through the broker with `self.retry`, so Flower shows it as 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import gc
+import logging
+from collections.abc import Sequence
 from typing import Any
 
 from celery import Task
@@ -16,15 +19,24 @@ from celery.signals import worker_ready, worker_shutdown
 from redis.exceptions import RedisError
 
 from core.contract import JobKind, JobStatus
-from core.dispatch import REFRESH_TASK, TASK_NAMES
+from core.dispatch import (
+    LINES_TASK,
+    REFRESH_TASK,
+    TASK_NAMES,
+    Lane,
+    is_redis_broker,
+    lines_summary,
+    message_priority,
+)
 from modelproxy.portal import run_sync
-from worker import orphans
+from worker import feeder, orphans
 from worker.app import app
 from worker.refresh import refresh_with_lock
-from worker.runner import run_job
-from worker.runtime import current_runtime, get_runtime
+from worker.runner import WAITING, Outcome, run_job
+from worker.runtime import Runtime, current_runtime, get_runtime
 
 REDIS_RETRY_MAX_S = 10.0
+logger = logging.getLogger(__name__)
 
 
 class JobFailed(Exception):
@@ -75,6 +87,76 @@ for _kind, _name in TASK_NAMES.items():
     _register(_kind, _name)
 
 
+class LineSlots:
+    """The process's slots for batch lines: as many as its pool has threads (`-c`, by
+    default `MPQ_WORKER_SLOTS`). The feeder sends a little more than the slots of the live
+    processes (core/feed.py); what is ahead waits here, unclaimed."""
+
+    count: int | None = None  # the pool's size, once the worker is ready
+    _semaphore: asyncio.Semaphore | None = None
+
+    @classmethod
+    def semaphore(cls, rt: Runtime) -> asyncio.Semaphore:
+        if cls._semaphore is None:  # made on the process's one event loop
+            cls._semaphore = asyncio.Semaphore(cls.count or rt.settings.worker_slots)
+        return cls._semaphore
+
+
+async def _run_line(rt: Runtime, job_id: str) -> Outcome:
+    async with LineSlots.semaphore(rt):
+        return await run_job(rt, job_id)
+
+
+async def run_lines(rt: Runtime, job_ids: Sequence[str]) -> list[Outcome | BaseException]:
+    """The lines of one message, side by side on the loop. Lines that found no permit go
+    back to their flow, and their proxy pauses as long as the longest wait (core/feed.py)."""
+    outcomes = await asyncio.gather(*(_run_line(rt, job_id) for job_id in job_ids),
+                                    return_exceptions=True)
+    waiting = [(job_id, o) for job_id, o in zip(job_ids, outcomes, strict=True)
+               if isinstance(o, Outcome) and o.status == WAITING]
+    if waiting:
+        await rt.store.feed.give_back([job_id for job_id, _ in waiting],
+                                      max(o.delay_s for _, o in waiting))
+    return outcomes
+
+
+def _decided(job_id: str, result: Outcome | BaseException) -> Outcome:
+    """A line that raised: an unreachable job store runs it again later; anything else is
+    logged, and the job is left to the orphan sweep, as a single job's task that raised."""
+    if isinstance(result, Outcome):
+        return result
+    if isinstance(result, RedisError):
+        return Outcome("later", "store unavailable", REDIS_RETRY_MAX_S)
+    logger.error("job %s: unexpected error", job_id, exc_info=result)
+    return Outcome("skip", "error")
+
+
+@app.task(name=LINES_TASK, bind=True, max_retries=None)
+def run_batch_lines(self: Task, job_ids: list[str], batch_id: str, proxy: str,
+                    priority: int) -> dict[str, Any]:
+    """Run a message of batch lines. A line to run again later (a retry's backoff, a busy
+    lease, an unreachable job store) gets a message of its own; the others are done."""
+    runtime = get_runtime()
+    try:
+        outcomes = run_sync(run_lines(runtime, job_ids))
+    except RedisError as exc:  # giving lines back failed: every line is decided again
+        raise self.retry(countdown=min(2.0 ** min(self.request.retries, 5), REDIS_RETRY_MAX_S),
+                         exc=JobRetry(f"job store unavailable: {exc}"),
+                         argsrepr=self.request.argsrepr) from exc
+    statuses: dict[str, int] = {}
+    for job_id, result in zip(job_ids, outcomes, strict=True):
+        outcome = _decided(job_id, result)
+        if outcome.action == "later" and outcome.status != WAITING:
+            countdown_s = min(outcome.delay_s, runtime.settings.requeue_max_delay_s)
+            self.app.send_task(
+                LINES_TASK, args=[[job_id], batch_id, proxy, priority], countdown=countdown_s,
+                argsrepr=lines_summary(batch_id, proxy, priority, [job_id]),
+                priority=message_priority(Lane.BATCH, redis=is_redis_broker(
+                    self.app.conf.broker_url)))
+        statuses[outcome.status] = statuses.get(outcome.status, 0) + 1
+    return {"batch_id": batch_id, "lines": len(job_ids), "statuses": statuses}
+
+
 @worker_ready.connect
 def _freeze_startup_objects(**_: Any) -> None:
     """Keep Celery's, pydantic's and our start-up objects out of the cyclic GC's full
@@ -91,11 +173,22 @@ def _start_orphan_sweeper(**_: Any) -> None:
     run_sync(orphans.start(runtime, app, settings.orphan_check_s, settings.orphan_grace_s))
 
 
+@worker_ready.connect
+def _start_feeder(sender: Any = None, **_: Any) -> None:
+    """Move batch lines into the broker as slots free up (worker/feeder.py); this process
+    has as many slots as its pool has threads."""
+    runtime = get_runtime()
+    controller = getattr(sender, "controller", None)
+    LineSlots.count = getattr(controller, "concurrency", None) or runtime.settings.worker_slots
+    run_sync(feeder.start(runtime, app, LineSlots.count))
+
+
 @worker_shutdown.connect
 def _flush_metrics(**_: Any) -> None:
-    """Write the last second of counts on a graceful stop."""
+    """Write the last second of counts on a graceful stop, and leave the feeder's window."""
     runtime = current_runtime()
     if runtime is not None:
+        run_sync(feeder.stop(runtime))
         run_sync(runtime.metrics.aclose())
 
 

@@ -1,6 +1,8 @@
 -- Writes a job's final state exactly once, fenced by attempt.
 -- KEYS[1]  job hash        KEYS[2]  the job's chunk stream   KEYS[3]  open-jobs index
 -- KEYS[4]  the job's vectors (an embeddings job's)
+-- KEYS[5]  the feeder's lines in flight   KEYS[6]  their count by proxy
+-- KEYS[7]  the prefix of the feeder's per-proxy caps (core/lua/feed_lines.lua)
 -- ARGV     job id, attempt ('' = not fenced: a cancel), final status, now,
 --          retention_s, batch / batch jobs / batch events / batch invalid key templates,
 --          error as a JSON string or '', m, then m field/value items of a last entry for
@@ -24,6 +26,15 @@ end
 
 write_job(job_key, job, status, attempt, ARGV[10], pieces_at + pieces + 1)
 redis.call('ZREM', KEYS[3], job_id)
+-- A batch line the feeder gave to the broker leaves its window, and a proxy with a cap may
+-- take one more line (core/lua/return_lines.lua).
+if redis.call('ZREM', KEYS[5], job_id) == 1 then
+  local proxy = redis.call('HGET', job_key, 'proxy')
+  redis.call('HINCRBY', KEYS[6], proxy, -1)
+  if redis.call('EXISTS', KEYS[7] .. proxy) == 1 then
+    redis.call('INCR', KEYS[7] .. proxy)
+  end
+end
 redis.call('HSET', job_key, 'finished_at', now)
 redis.call('EXPIRE', job_key, ttl)
 -- Raw bytes beside the record, whose readers decode every field as text; fields "0", "1", …

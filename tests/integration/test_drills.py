@@ -254,6 +254,28 @@ async def test_kill_9_one_of_two_workers_mid_batch(
           f"upstream answers {requests}")
 
 
+@pytest.mark.timeout(90)
+async def test_lines_of_a_feeder_killed_before_it_published_are_sent_again(
+    stack: Stack, start_worker: StartWorker
+) -> None:
+    """The feeder takes lines out of their flows and then publishes them (core/feed.py). A
+    process killed between the two leaves lines in flight with no message: here a take with
+    no publish at all. The orphan sweep sends them, and every line runs exactly once."""
+    total = 300
+    batch_id = unique("feeder")
+    proxy = await stack.proxy()
+    jobs = await stack.submit(JobKind.CHAT, proxy, CHAT, batch_id=batch_id, count=total)
+    await stack.store.feed.register_worker("killed-feeder", 100, ttl_s=2)
+    taken = await stack.store.feed.take(1000, 8)
+    assert sum(len(message.job_ids) for message in taken) == 125  # 100 slots, a quarter ahead
+    worker = start_worker(stack.settings, stack.emulator_url, slots=50)
+    await wait_batch_done(stack, batch_id, total, timeout_s=60, workers=[worker])
+    records = await assert_batch_exact(stack, batch_id, [job.id for job in jobs])
+    assert all(record.status == JobStatus.SUCCEEDED and record.attempt == 1
+               for record in records)
+    assert stack.emulator_stats()["by_proxy"][proxy] == {"200": total}
+
+
 # -- 6. restart the Redis-protocol server mid-batch -----------------------------------
 
 

@@ -26,7 +26,7 @@ from pydantic import SecretStr
 from stack import Stack
 
 from core.contract import JobKind, JobRecord, JobStatus
-from core.dispatch import enqueue, job_summary
+from core.dispatch import LINES_TASK, enqueue, job_summary
 from core.embedded_redis import EmbeddedRedis, free_port
 from core.keys import Keys
 from core.network import is_loopback
@@ -131,7 +131,8 @@ class Scenario:
     management: JobRecord
     queued: dict[str, int]
     broker_html: str
-    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)  # by job id
+    lines: list[JobRecord]  # a batch submitted whole: the feeder sends its lines
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)  # by (first) job id
 
     @property
     def jobs(self) -> list[JobRecord]:
@@ -146,18 +147,26 @@ def emulator() -> Iterator[EmulatorServer]:
         yield server
 
 
+BATCH = "b-flower"
+LINES_BATCH = "b-flower-lines"
+
+
 def _records(proxy: str, limited_proxy: str) -> list[JobRecord]:
+    """Jobs of batch `b-flower`, each with a message of its own (as the orphan sweep sends
+    them; a batch submitted whole is fed in messages of several lines: see
+    test_batch_lines_show_their_batch_priority_share_and_jobs)."""
     messages = [{"role": "user", "content": PROMPT}]
-    ok = [JobRecord(kind=JobKind.CHAT, proxy=proxy, custom_id=f"line-{i}",
+    ok = [JobRecord(kind=JobKind.CHAT, proxy=proxy, custom_id=f"line-{i}", batch_id=BATCH,
                     request={"messages": messages, "model": "m1", "stream": i == 0})
           for i in range(3)]
     return [
         *ok,
         JobRecord(kind=JobKind.CHAT, proxy=limited_proxy, custom_id="limited",
-                  request={"messages": messages, "model": "m1"}),
+                  batch_id=BATCH, request={"messages": messages, "model": "m1"}),
         JobRecord(kind=JobKind.CHAT, proxy="no-such-proxy", custom_id="missing",
-                  request={"messages": messages}),
-        JobRecord(kind=JobKind.MGMT_GET, proxy=proxy, request={"name": proxy}),
+                  batch_id=BATCH, request={"messages": messages}),
+        JobRecord(kind=JobKind.MGMT_GET, proxy=proxy, batch_id=BATCH,
+                  request={"name": proxy}),
     ]
 
 
@@ -203,16 +212,19 @@ async def scenario(redis_url: str, emulator: EmulatorServer,
         proxy, limited_proxy = await stack.proxy(), await stack.proxy()
         stack.faults(limited_proxy, error_429_rate=1.0, retry_after_s=0.2)
         # Published before any worker runs: the broker page must count them.
-        jobs = await enqueue(stack.store, stack.celery, _records(proxy, limited_proxy),
-                             "b-flower")
+        jobs = await enqueue(stack.store, stack.celery, _records(proxy, limited_proxy))
         queued = _queue_lengths(flower, {"inference": 5, "management": 1})
         broker_html = flower.get("/broker").text
         worker.start()
-        for job in jobs:
+        lines = await enqueue(stack.store, stack.celery, [
+            JobRecord(kind=JobKind.CHAT, proxy=proxy, custom_id=f"fed-{i}",
+                      request={"messages": [{"role": "user", "content": PROMPT}]})
+            for i in range(3)], LINES_BATCH)
+        for job in [*jobs, *lines]:
             await stack.wait(job.id)
         found = Scenario(stack, flower, proxy, limited_proxy, jobs[:3], jobs[3], jobs[4],
-                         jobs[5], queued, broker_html)
-        found.tasks = _flower_tasks(flower, found.jobs)
+                         jobs[5], queued, broker_html, lines)
+        found.tasks = _flower_tasks(flower, [*found.jobs, lines[0]])
         yield found
     finally:
         worker.stop()
@@ -527,11 +539,21 @@ def test_args_summarise_the_job_never_the_prompt(scenario: Scenario) -> None:
     summary = scenario.tasks[scenario.ok[1].id]["args"]
     assert f"proxy={scenario.proxy}" in summary
     assert "model=m1" in summary
-    assert "batch=b-flower" in summary
+    assert f"batch={BATCH}" in summary
     assert "custom_id=line-1" in summary
     everything = json.dumps(scenario.flower.get("/api/tasks").json())
     assert PROMPT not in everything
     assert scenario.flower.password not in everything
+
+
+def test_batch_lines_show_their_batch_priority_share_and_jobs(scenario: Scenario) -> None:
+    task = scenario.tasks[scenario.lines[0].id]
+    assert task["name"] == LINES_TASK
+    assert task["state"] == "SUCCESS"
+    assert task["args"].startswith(f"batch={LINES_BATCH} priority=1 share=100% "
+                                   f"proxy={scenario.proxy} lines=3 jobs=")
+    assert all(job.id in task["args"] for job in scenario.lines)
+    assert PROMPT not in json.dumps(task)
 
 
 def test_successes_and_failures_show_their_state(scenario: Scenario) -> None:
@@ -581,10 +603,11 @@ def _scrape_until(url: str, ready: Any, timeout_s: float = 10) -> Samples:
 
 def test_flower_metrics_carry_flower_and_mpq_figures(scenario: Scenario) -> None:
     url = f"{scenario.flower.url}/metrics"
+    succeeded = len(scenario.ok) + len(scenario.lines)
     samples = _scrape_until(url, lambda s: sample(
-        s, "mpq_jobs_total", kind="chat", state="succeeded") >= 3)
+        s, "mpq_jobs_total", kind="chat", state="succeeded") >= succeeded)
     assert any(name == "flower_events_total" for name, _ in samples)
-    assert sample(samples, "mpq_jobs_total", kind="chat", state="succeeded") == 3
+    assert sample(samples, "mpq_jobs_total", kind="chat", state="succeeded") == succeeded
     assert sample(samples, "mpq_metrics_up") == 1
 
 
@@ -597,7 +620,8 @@ def test_exporter_serves_the_workers_figures(scenario: Scenario) -> None:
             s, "mpq_upstream_429_total", proxy=limited) >= attempts)
     finally:
         server.close()
-    assert sample(samples, "mpq_jobs_total", kind="chat", state="succeeded") == 3
+    assert sample(samples, "mpq_jobs_total", kind="chat", state="succeeded") == len(
+        scenario.ok) + len(scenario.lines)
     assert sample(samples, "mpq_jobs_total", kind="chat", state="failed") == 2
     assert sample(samples, "mpq_jobs_total", kind="chat", state="retrying") == attempts - 1
     assert sample(samples, "mpq_jobs_total", kind="mgmt_get", state="succeeded") == 1

@@ -112,13 +112,13 @@ def set_at(batch: Batch) -> set[str]:
 @pytest.mark.parametrize("endpoint", list(LINES))
 def test_whole_flow(gw: GatewayStack, client: openai.OpenAI, endpoint: str) -> None:
     lines = [LINES[endpoint](i) for i in range(6)]
-    created = create(client, lines, endpoint=endpoint, metadata={"team": "a"},
+    created = create(client, lines, endpoint=endpoint, metadata={"team": "a", "priority": "2"},
                      output_expires_after={"anchor": "created_at", "seconds": 7200})
     assert created.status == "validating"
     assert created.id.startswith("batch_") and created.object == "batch"
     assert created.expires_at == created.created_at + 24 * 3600
     assert set_at(created) == set()
-    assert created.metadata == {"team": "a"}
+    assert created.metadata == {"team": "a", "priority": "2"}
 
     done = wait_for(client, created.id)
     assert done.status == "completed", done.errors
@@ -157,7 +157,7 @@ def test_whole_flow(gw: GatewayStack, client: openai.OpenAI, endpoint: str) -> N
     # It is an mpq batch too, under the same id.
     with Client(gw.stack.settings) as mpq:
         record = mpq.batch(created.id).info()
-    assert (record.status, record.total) == (BatchStatus.FINISHED, 6)
+    assert (record.status, record.total, record.priority) == (BatchStatus.FINISHED, 6, 2)
 
     with pytest.raises(openai.BadRequestError):
         client.batches.cancel(created.id)
@@ -325,6 +325,8 @@ def test_a_file_not_named_jsonl_fails(client: openai.OpenAI) -> None:
     {"window": "soon"},
     {"metadata": {f"k{i}": "v" for i in range(17)}},
     {"metadata": {"proxy": "not a name"}},
+    {"metadata": {"priority": "0"}},
+    {"metadata": {"priority": "high"}},
 ])
 def test_a_bad_create_request_is_refused_at_once(client: openai.OpenAI,
                                                  options: dict[str, Any]) -> None:

@@ -87,9 +87,9 @@ async def test_interactive_job_starts_before_the_queued_batch_lines(
 async def test_a_requeued_batch_line_keeps_its_lane(
     redis_url: str, emulator: EmulatorServer, start_worker: Callable[..., WorkerProcess],
 ) -> None:
-    """A 429 sends the line back through the broker with a countdown (`self.retry`): the
-    new message has the batch lane's priority, so kombu puts it in that lane's list (and a
-    restore of it would too)."""
+    """A 429 sends the line back through the broker in a message of its own with a
+    countdown: the new message has the batch lane's priority, so kombu puts it in that
+    lane's list (and a restore of it would too)."""
     stack = Stack.create(redis_url, emulator.url)
     try:
         proxy = await stack.proxy()
@@ -106,7 +106,8 @@ async def test_a_requeued_batch_line_keeps_its_lane(
 
 
 async def retry_message(stack: Stack, job_id: str) -> dict[str, Any]:
-    """The first message of a retry of the job, queued or held by the worker (unacked)."""
+    """The first message that runs the job again after a countdown, queued or held by the
+    worker (unacked)."""
     keys = stack.store.keys
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -115,7 +116,7 @@ async def retry_message(stack: Stack, job_id: str) -> dict[str, Any]:
             keys.broker_queue(INFERENCE_QUEUE, REDIS_PRIORITIES[lane]), 0, -1)]
         for message in (*held, *queued):
             if job_id in message["headers"].get("argsrepr", "") and \
-                    message["headers"].get("retries", 0) >= 1:
+                    message["headers"].get("eta"):
                 return dict(message)
         await asyncio.sleep(0.05)
     raise AssertionError("no retry message")

@@ -28,8 +28,8 @@ from core.dispatch import (
     Lane,
     publish,
 )
+from core.scripts import PUBLISHED_MS
 from core.settings import Settings
-from core.store import PUBLISHED_MS
 from worker.orphans import sweep
 from worker.runtime import Runtime, build_runtime
 

@@ -21,6 +21,7 @@ from core import dispatch
 from core.contract import JobKind, JobRecord, JobStatus
 from core.dispatch import (
     INFERENCE_QUEUE,
+    LINES_TASK,
     MANAGEMENT_QUEUE,
     REDIS_PRIORITIES,
     TASK_NAMES,
@@ -113,7 +114,9 @@ async def test_pipelined_messages_are_routed_summarised_and_run(
     start_worker: Callable[..., WorkerProcess],
 ) -> None:
     forbid(monkeypatch, "send_each")
-    records = await enqueue(stack.store, stack.celery, jobs(await stack.proxy(), 200), "b1")
+    # Jobs that name their batch, a message each (as the orphan sweep sends them).
+    records = await enqueue(stack.store, stack.celery, [
+        r.model_copy(update={"batch_id": "b1"}) for r in jobs(await stack.proxy(), 200)])
 
     # Batch lines, all in the batch lane's lists (kombu's key for their priority).
     assert queued(stack, INFERENCE_QUEUE) == queued(stack, MANAGEMENT_QUEUE) == []
@@ -137,6 +140,33 @@ async def test_pipelined_messages_are_routed_summarised_and_run(
     batch = await stack.store.batch("b1")
     assert batch is not None
     assert batch.status == "finished"
+
+
+async def test_fed_lines_are_pipelined_summarised_and_run(
+    stack: Stack, emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """A batch submitted whole waits in its flow; the feeder's messages carry several lines
+    each, in the batch lane, named in their summary."""
+    forbid(monkeypatch, "send_each")
+    records = await enqueue(stack.store, stack.celery, jobs(await stack.proxy(), 20)[:-1],
+                            "b2")
+    assert queued(stack, INFERENCE_QUEUE, Lane.BATCH) == []  # nothing until it is fed
+    await stack.store.feed.register_worker("publisher", 100, ttl_s=5)
+    fed = await stack.store.feed.take(1000, 8)
+    dispatch.publish_lines(stack.celery, fed)
+    messages = queued(stack, INFERENCE_QUEUE, Lane.BATCH)
+    assert [len(m.job_ids) for m in fed] == [8, 8, 4]
+    for message, lines in zip(messages, fed, strict=True):
+        body, headers = decoded(stack, message)
+        assert headers["task"] == LINES_TASK
+        assert body[0] == [lines.job_ids, "b2", lines.proxy, 1]
+        assert headers["argsrepr"] == dispatch.lines_summary(
+            "b2", lines.proxy, 1, lines.job_ids, 1.0)
+        assert message["properties"]["priority"] == REDIS_PRIORITIES[Lane.BATCH]
+    assert [i for m in fed for i in m.job_ids] == [r.id for r in records]
+    start_worker(stack.settings, emulator.url)
+    await wait_all(stack, records)
 
 
 @contextlib.contextmanager

@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 from core.keys import LIMITER_PARTS, Keys
 from core.keys import LimiterKeys as Lk
 from worker.ratelimit import Limits, Permit, RateLimiter, Wait
+from worker.ratelimit.limiter import COOLDOWN_MEMO_S
 from worker.ratelimit.policy import Gcra, buckets
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -282,6 +283,19 @@ async def test_cooldown_blocks_every_caller_then_lifts(limiter: RateLimiter, key
     await asyncio.sleep(max(waits_s))  # on purpose: the cool-down runs out
     assert await limiter.cooldown_remaining_s(key_base) == 0
     assert isinstance(await limiter.acquire(key_base, Limits(), 1, lease(), 5), Permit)
+
+
+async def test_recent_cooldown_sees_others_soon_and_its_own_at_once(
+    limiter: RateLimiter, key_base: Lk, client: Redis
+) -> None:
+    other = RateLimiter(client)  # another worker process's
+    assert await asyncio.gather(*(limiter.recent_cooldown_s(key_base) for _ in range(50))) == [
+        0.0] * 50
+    await other.start_cooldown(key_base, 0.6)
+    await asyncio.sleep(COOLDOWN_MEMO_S)  # on purpose: what it remembers runs out
+    assert 0.4 < await limiter.recent_cooldown_s(key_base) <= 0.6
+    await limiter.start_cooldown(key_base, 2)
+    assert 1.9 < await limiter.recent_cooldown_s(key_base) <= 2  # its own: at once
 
 
 async def test_wait_for_permit_sleeps_through_short_waits(

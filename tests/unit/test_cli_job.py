@@ -260,6 +260,28 @@ def test_a_batch_with_markup_in_custom_ids_prints_its_id(env: dict[str, str | No
     assert line.startswith(f'error: 3 invalid line(s): line 2: duplicate custom_id "{MARKUP}"')
 
 
+def test_batch_priority_and_share(env: dict[str, str | None], tmp_path: Path) -> None:
+    """No worker runs here: the lines wait in their flows, and each batch's share is its
+    priority over the sum of the waiting batches' priorities."""
+    path = tmp_path / "in.jsonl"
+    path.write_text(chat_line("a") + "\n" + chat_line("b") + "\n")
+    ids = []
+    for priority in ("1", "3"):
+        result = invoke(["batch", "submit", str(path), "--proxy", "p1", "--priority", priority],
+                        env)
+        assert result.exit_code == 0, result.stderr
+        ids.append(result.stdout.split()[1])
+    listed = {batch["id"]: batch for batch in json.loads(
+        invoke(["batch", "list", "--json"], env).stdout)}
+    assert [(listed[i]["priority"], listed[i]["share"]) for i in ids] == [(1, 0.25), (3, 0.75)]
+    table = invoke(["batch", "list"], env).stdout
+    assert "priority" in table and "75%" in table and "25%" in table
+    for bad in ("0", "101"):
+        refused = invoke(["batch", "submit", str(path), "--proxy", "p1", "--priority", bad], env)
+        assert refused.exit_code == 2
+        assert "priority" in refused.stderr
+
+
 # ---- the proxy name rule at submission ------------------------------------------------------
 
 BAD_NAMES = ["a:b", "a*", "a?", "my proxy", "-p", "p" * 65, "é", "[/bold]"]

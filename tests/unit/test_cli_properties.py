@@ -94,7 +94,7 @@ COMMANDS: dict[tuple[str, ...], list[str]] = {
     ("proxy", "update"): ["--description", "--file", "--wait", "--timeout", "--json"],
     ("proxy", "delete"): ["--timeout"],
     ("proxy", "refresh"): ["--timeout"],
-    ("worker",): ["--queues", "--slots", "--loglevel", "--name"],
+    ("worker",): ["--queues", "--slots", "--processes", "--loglevel", "--name"],
     ("beat",): ["--loglevel"],
     ("flower",): ["--address", "--port", "--user", "--password", "--password-file", "--no-auth",
                   "--force-open", "--oauth-provider", "--oauth-emails"],

@@ -198,6 +198,10 @@ def test_the_layout_in_the_docstring_is_what_keys_builds() -> None:
         keys.gateway_file_data("{id}"), keys.gateway_files("{owner}"),
         keys.gateway_batch("{id}"), keys.gateway_batches("{owner}"),
         keys.gateway_open_batches(), keys.gateway_interactive(),
+        keys.batch_pending("{id}", "{proxy}"), keys.feed_proxy("pause", "{proxy}"),
+        keys.feed_proxy("cap", "{proxy}"),
+        *(keys.feed(name) for name in ("flows", "clock", "inflight", "by_proxy", "workers",
+                                       "slots")),
         *(key.replace(part, "{part}") for key, part in
           zip(keys.limiter("{name}"), LIMITER_PARTS, strict=True)),
     }

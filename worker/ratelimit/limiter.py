@@ -14,6 +14,7 @@ import asyncio
 import random
 import time
 from dataclasses import dataclass
+from functools import partial
 from itertools import chain
 from pathlib import Path
 
@@ -30,6 +31,11 @@ DEFAULT_POLL_MS = 50
 # retry in the same millisecond.
 _JITTER_FRACTION = 0.1
 _JITTER_MIN_S = 0.005
+
+# A proxy without limits still checks the shared cool-down before each call: one PTTL per
+# job. Answered from memory for this long (one PTTL per proxy per window, however many jobs
+# ask), a cool-down another process starts reaches this one at most this much later.
+COOLDOWN_MEMO_S = 0.05
 
 _SCRIPT_TEXT = Path(__file__).with_name("limiter.lua").read_text(encoding="utf-8")
 
@@ -70,6 +76,13 @@ def _reconcile_args(b: Buckets, delta_tokens: int) -> list[EncodableT] | None:
     return ["reconcile", delta_tokens, *(_interval_ms(bucket) for bucket in tokens)]
 
 
+_COOLDOWN = LIMITER_PARTS.index("cooldown")
+
+
+def _cooldown_key(keys: LimiterKeys) -> str:
+    return keys[_COOLDOWN]
+
+
 def _text(value: bytes | str) -> str:
     # The caller's client may or may not decode responses.
     return value.decode() if isinstance(value, bytes) else value
@@ -89,6 +102,10 @@ class RateLimiter:
         self._script = redis.register_script(_SCRIPT_TEXT)
         self._burst_ratio = burst_ratio
         self._poll_ms = poll_ms
+        # By cool-down key: (monotonic time the answer is good until, when it ends) and the
+        # one PTTL under way.
+        self._cooldowns: dict[str, tuple[float, float]] = {}
+        self._cooldown_lookups: dict[str, asyncio.Future[float]] = {}
         buckets(Limits(), burst_ratio)  # fail here, not on the first call, if the ratio is bad
 
     async def acquire(
@@ -155,12 +172,41 @@ class RateLimiter:
         An existing longer cool-down is kept.
         """
         args: list[EncodableT] = ["cooldown", max(0, round(seconds * 1000))]
-        remaining_ms = await self._script(keys=keys, args=args)
-        return int(remaining_ms) / 1000
+        remaining_s = int(await self._script(keys=keys, args=args)) / 1000
+        self._remember_cooldown(_cooldown_key(keys), remaining_s)
+        return remaining_s
 
     async def cooldown_remaining_s(self, keys: LimiterKeys) -> float:
-        remaining_ms = await self._redis.pttl(keys[LIMITER_PARTS.index("cooldown")])
+        remaining_ms = await self._redis.pttl(_cooldown_key(keys))
         return max(int(remaining_ms), 0) / 1000  # -2 (no key) means none
+
+    async def recent_cooldown_s(self, keys: LimiterKeys) -> float:
+        """`cooldown_remaining_s` as seen at most `COOLDOWN_MEMO_S` ago (see there)."""
+        key = _cooldown_key(keys)
+        now = time.monotonic()
+        known = self._cooldowns.get(key)
+        if known is not None and now < known[0]:
+            return max(known[1] - now, 0.0)
+        lookup = self._cooldown_lookups.get(key)
+        if lookup is None:
+            lookup = asyncio.ensure_future(self._look_up_cooldown(key, keys))
+            self._cooldown_lookups[key] = lookup
+            lookup.add_done_callback(partial(self._looked_up, key))
+        return await asyncio.shield(lookup)
+
+    async def _look_up_cooldown(self, key: str, keys: LimiterKeys) -> float:
+        remaining_s = await self.cooldown_remaining_s(keys)
+        self._remember_cooldown(key, remaining_s)
+        return remaining_s
+
+    def _looked_up(self, key: str, lookup: asyncio.Future[float]) -> None:
+        del self._cooldown_lookups[key]
+        if not lookup.cancelled():
+            lookup.exception()  # retrieved: a lookup nobody waits for any more is quiet
+
+    def _remember_cooldown(self, key: str, remaining_s: float) -> None:
+        now = time.monotonic()
+        self._cooldowns[key] = (now + COOLDOWN_MEMO_S, now + remaining_s)
 
     async def wait_for_permit(  # noqa: PLR0917 - mirrors acquire() plus the deadline
         self,
