@@ -60,7 +60,8 @@ def throughput_rows(r: dict[str, Any]) -> list[Row]:
     name = f"throughput: {run['jobs']} jobs, {shape}, {run['latency_s']:g} s"
     limit = (f"{r['limit']:.0f}/s = min(in flight/latency {r['slot_limit']:.0f} "
              f"({run['slots']} slots, peak {run['peak_in_flight']}), emulator "
-             f"{r['emulator_capacity']:.0f}, Celery no-op {r['celery_noop_rate']:.0f})")
+             f"{r['emulator_capacity']:.0f}, direct client at {run['latency_s']:g} s "
+             f"{r['direct_rate']:.0f}, Celery no-op {r['celery_noop_rate']:.0f})")
     big_name = f"throughput: {big['slots']} slots, {big['latency_s']:g} s"
     every = f"all {run['processes']} worker processes"
     return [

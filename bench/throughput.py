@@ -11,6 +11,10 @@ Limit, each part measured in this run on this machine, the smallest wins:
 - the emulator's capacity: a direct async client (httpx on the aiohttp transport, as the
   worker's) with as many requests in flight as the worker processes have slots in all,
   against the same emulator process with its latency set to 0, so only its own CPU limits it;
+- what the same direct client achieves with the run's latency (the same jobs, the same
+  number in flight): on a 2-core machine the emulator and one client process, sharing the
+  CPU, hold 500 requests of 1 s each for ~1.1 s (measured: 415/s, p50 1.105 s), so no
+  queue in front of them can do better than that;
 - Celery's own rate: as many worker processes of `bench.noop_app` (a Celery app configured
   like ours, with a task that does nothing) as `mpq worker` runs, each `celery -A
   bench.noop_app worker --pool=threads -c <slots per process>`, draining the same number of
@@ -324,6 +328,8 @@ async def measure(jobs: int = DEFAULT_JOBS, slots: int = DEFAULT_SLOTS,
         proxy = await create_proxy(emulator_url)
         set_emulator(emulator_url, ttft_s=0)
         capacity = await emulator_capacity(emulator_url, proxy, per_process * processes, jobs)
+        set_emulator(emulator_url, ttft_s=latency_s)
+        direct = await emulator_capacity(emulator_url, proxy, per_process * processes, jobs)
         celery_rate, noop_cpu_ms = await asyncio.to_thread(
             noop_rate, redis_url, emulator_url, jobs, processes, per_process)
         sleeping_rate, _ = await asyncio.to_thread(
@@ -333,9 +339,10 @@ async def measure(jobs: int = DEFAULT_JOBS, slots: int = DEFAULT_SLOTS,
         big = await mpq_run(redis_url, emulator_url, proxy, processes, big_per_process,
                             2 * big_per_process * processes, big_latency_s)
     slot_limit = max(run.slots, run.peak_in_flight) / latency_s
-    limit = min(slot_limit, capacity, celery_rate)
+    limit = min(slot_limit, capacity, direct, celery_rate)
     return {"run": asdict(run), "big": asdict(big), "slot_limit": slot_limit,
-            "emulator_capacity": capacity, "celery_noop_rate": celery_rate,
+            "emulator_capacity": capacity, "direct_rate": direct,
+            "celery_noop_rate": celery_rate,
             "celery_noop_cpu_ms_per_task": noop_cpu_ms, "celery_sleeping_rate": sleeping_rate,
             "limit": limit,
             "ratio": run.rate / limit, "target": TARGET}
@@ -345,7 +352,8 @@ def report(result: dict[str, Any]) -> None:
     run, big = result["run"], result["big"]
     print(f"limits: in flight/latency {result['slot_limit']:.0f}/s ({run['slots']} slots, peak "
           f"{run['peak_in_flight']} in flight), emulator capacity "
-          f"{result['emulator_capacity']:.0f}/s (direct client), Celery no-op "
+          f"{result['emulator_capacity']:.0f}/s (direct client, latency 0), a direct client at "
+          f"the run's latency {result['direct_rate']:.0f}/s, Celery no-op "
           f"{result['celery_noop_rate']:.0f}/s ({result['celery_noop_cpu_ms_per_task']:.2f} CPU "
           f"ms/task) -> limit {result['limit']:.0f}/s")
     print(f"`mpq worker` with its defaults: {run['processes']} worker processes, slots split "

@@ -6,6 +6,7 @@ the registered workers' slots, so feeding stops when none is alive."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -18,8 +19,8 @@ from worker.runtime import Runtime
 logger = logging.getLogger(__name__)
 
 ROUND_MAX_LINES = 1_000
-IDLE_S = 0.05  # between rounds that moved nothing
-BUSY_S = 0.005  # between rounds that moved lines: more may be waiting
+IDLE_S = 0.05  # the longest wait between rounds: lines may end in other processes
+MIN_GAP_S = 0.01  # the shortest: one round for the lines that ended meanwhile
 REGISTER_S = 5.0  # a process renews its registration this often...
 REGISTRATION_TTL_S = 15.0  # ...and it lapses this long after its last renewal
 PUBLISH_FAILED_PAUSE_S = 1.0
@@ -39,9 +40,29 @@ async def feed_once(rt: Runtime, celery: Celery) -> int:
     return sum(len(m.job_ids) for m in fed)
 
 
+class Wake:
+    """Set when a line of this process ends or lines were just fed: the window may have
+    room now, so the next round need not wait the whole `IDLE_S`."""
+
+    _event: asyncio.Event | None = None
+
+    @classmethod
+    def event(cls) -> asyncio.Event:
+        if cls._event is None:  # made on the process's one event loop
+            cls._event = asyncio.Event()
+        return cls._event
+
+
+def nudge() -> None:
+    """A line ended here: feed soon (call from the process's event loop)."""
+    Wake.event().set()
+
+
 async def feed_forever(rt: Runtime, celery: Celery, slots: int) -> None:
     registered_at = -REGISTER_S
+    wake = Wake.event()
     while True:
+        wake.clear()
         moved = 0
         try:
             if time.monotonic() - registered_at >= REGISTER_S:
@@ -50,7 +71,10 @@ async def feed_forever(rt: Runtime, celery: Celery, slots: int) -> None:
             moved = await feed_once(rt, celery)
         except Exception:  # a failed round must never stop the feeder
             logger.exception("feeder round failed")
-        await asyncio.sleep(BUSY_S if moved else IDLE_S)
+        await asyncio.sleep(MIN_GAP_S)
+        if not moved:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), IDLE_S - MIN_GAP_S)
 
 
 _feeder: asyncio.Task[Any] | None = None

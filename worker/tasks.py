@@ -103,8 +103,11 @@ class LineSlots:
 
 
 async def _run_line(rt: Runtime, job_id: str) -> Outcome:
-    async with LineSlots.semaphore(rt):
-        return await run_job(rt, job_id)
+    try:
+        async with LineSlots.semaphore(rt):
+            return await run_job(rt, job_id)
+    finally:
+        feeder.nudge()  # a slot is free: the feeder may send the next line at once
 
 
 async def run_lines(rt: Runtime, job_ids: Sequence[str]) -> list[Outcome | BaseException]:
