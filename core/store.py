@@ -21,7 +21,7 @@ from typing import Any, Literal, cast
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 from redis.client import NEVER_DECODE
-from redis.typing import EncodableT, FieldT, KeyT, StreamIdT
+from redis.typing import EncodableT, KeyT, StreamIdT
 
 from core.contract import (
     FINAL,
@@ -73,11 +73,6 @@ def _json(value: Any) -> str | None:
     return None if value is None else json.dumps(value, separators=(",", ":"))
 
 
-def _mapping(fields: Mapping[str, str]) -> dict[FieldT, EncodableT]:
-    """The same fields, typed as redis-py's stubs expect."""
-    return {name: value for name, value in fields.items()}
-
-
 def _pairs(fields: Mapping[str, str | None]) -> list[str]:
     """Flatten to HSET arguments, leaving out None (an absent field)."""
     return [part for name, value in fields.items() if value is not None for part in (name, value)]
@@ -127,6 +122,8 @@ class JobStore:
         self._append = redis.register_script(lua_script("append_chunks.lua", common=False))
         self._seal = redis.register_script(lua_script("seal_batch.lua"))
         self._published = redis.register_script(lua_script("mark_published.lua", common=False))
+        self._write_records = redis.register_script(lua_script("write_records.lua",
+                                                               common=False))
         self._batch_templates = [
             keys.batch(ID_SLOT),
             keys.batch_jobs(ID_SLOT),
@@ -155,12 +152,17 @@ class JobStore:
             records = [r.model_copy(update={"batch_id": batch_id}) for r in records]
         groups: defaultdict[str, list[JobRecord]] = defaultdict(list)
         now_ms = int(time.time() * 1000)
+        keys: list[KeyT] = []
+        args: list[EncodableT] = []
+        for record in records:
+            fields = record.to_redis()
+            keys.append(self.keys.job(record.id))
+            args += [len(fields) + 1, *_pairs(fields), PUBLISHED_MS, now_ms]
+            if record.batch_id is not None:
+                groups[record.batch_id].append(record)
         async with self._redis.pipeline(transaction=True) as pipe:
-            for record in records:
-                fields = {**record.to_redis(), PUBLISHED_MS: str(now_ms)}
-                pipe.hset(self.keys.job(record.id), mapping=_mapping(fields))
-                if record.batch_id is not None:
-                    groups[record.batch_id].append(record)
+            if records:
+                await self._write_records(keys=keys, args=args, client=pipe)
             # Every unfinished job that has a message is indexed, so a job whose message is
             # lost can be found (worker/orphans.py); finish_job.lua takes it out. Pending
             # lines join the index when the feeder gives them their message.
