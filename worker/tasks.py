@@ -20,10 +20,12 @@ from redis.exceptions import RedisError
 
 from core.contract import JobKind, JobStatus
 from core.dispatch import (
+    INFERENCE_QUEUE,
     LINES_TASK,
     REFRESH_TASK,
     TASK_NAMES,
     Lane,
+    broker_queue_name,
     is_redis_broker,
     lines_summary,
     message_priority,
@@ -183,6 +185,10 @@ def _start_feeder(sender: Any = None, **_: Any) -> None:
     runtime = get_runtime()
     controller = getattr(sender, "controller", None)
     LineSlots.count = getattr(controller, "concurrency", None) or runtime.settings.worker_slots
+    consumed = set(app.amqp.queues.consume_from)
+    if consumed and not consumed & {broker_queue_name(INFERENCE_QUEUE, redis=redis)
+                                    for redis in (True, False)}:
+        return  # no batch line runs here (e.g. `--queues management`): not in the window
     run_sync(feeder.start(runtime, app, LineSlots.count))
 
 

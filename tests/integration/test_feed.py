@@ -5,11 +5,17 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Callable
+
+from polling import until
+from stack import Stack
+from workers import WorkerProcess
 
 from core.contract import JobKind, JobRecord, JobStatus, new_id
-from core.dispatch import cancel_batch
+from core.dispatch import INFERENCE_QUEUE, MANAGEMENT_QUEUE, cancel_batch
 from core.feed import FedMessage
 from core.store import JobStore
+from emulator.server import EmulatorServer
 
 SLOTS = 40  # one registered worker: a window of SLOTS * (1 + AHEAD) = 50 lines
 WINDOW = 50
@@ -156,3 +162,19 @@ async def test_a_line_cancelled_on_its_own_while_pending_is_dropped(store: JobSt
     fed = await store.feed.take(1000, PER_MESSAGE)
     assert [i for m in fed for i in m.job_ids] == rest
     assert sorted(await store.feed.in_flight(batch_id)) == sorted(rest)
+
+
+async def test_only_workers_that_run_batch_lines_join_the_window(
+    redis_url: str, emulator: EmulatorServer, start_worker: Callable[..., WorkerProcess],
+) -> None:
+    stack = Stack.create(redis_url, emulator.url)
+    try:
+        start_worker(stack.settings, emulator.url, slots=7, queues=MANAGEMENT_QUEUE)
+        start_worker(stack.settings, emulator.url, slots=5, queues=INFERENCE_QUEUE)
+        slots_key = stack.store.keys.feed("slots")
+        await until(lambda: stack.redis.hvals(slots_key), 20, 0.1,
+                    what="a worker to register its slots")
+        await asyncio.sleep(0.5)  # the management worker was ready first
+        assert [int(v) for v in await stack.redis.hvals(slots_key)] == [5]
+    finally:
+        await stack.close()
