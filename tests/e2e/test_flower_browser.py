@@ -159,17 +159,23 @@ async def _create_proxy(config: Config) -> str:
     return name
 
 
+BATCH = "docs-batch"
+
+
 def _records(proxy: str, limited: str) -> list[JobRecord]:
+    """Jobs of one batch, each with a message of its own (a row each on the tasks page; a
+    batch submitted whole is fed several lines to a message, see tests/integration/
+    test_flower.py)."""
     messages = [{"role": "user", "content": PROMPT}]
     return [
-        *(JobRecord(kind=JobKind.CHAT, proxy=proxy, custom_id=f"req-{i}",
+        *(JobRecord(kind=JobKind.CHAT, proxy=proxy, custom_id=f"req-{i}", batch_id=BATCH,
                     request={"messages": messages, "model": "qwen-max", "stream": i == 0})
           for i in range(3)),
-        JobRecord(kind=JobKind.CHAT, proxy=limited, custom_id="req-429",
+        JobRecord(kind=JobKind.CHAT, proxy=limited, custom_id="req-429", batch_id=BATCH,
                   request={"messages": messages, "model": "qwen-max"}),
         JobRecord(kind=JobKind.CHAT, proxy="no-such-proxy", custom_id="req-missing",
-                  request={"messages": messages}),
-        JobRecord(kind=JobKind.MGMT_GET, proxy=proxy, request={"name": proxy}),
+                  batch_id=BATCH, request={"messages": messages}),
+        JobRecord(kind=JobKind.MGMT_GET, proxy=proxy, batch_id=BATCH, request={"name": proxy}),
     ]
 
 
@@ -228,8 +234,7 @@ async def _run_batch(settings: Settings, emulator: EmulatorServer, processes: Pr
         faults = {"error_429_rate": 1.0, "retry_after_s": 0.2}
         (await http.put(f"{emulator.url}/_emulator/proxies/{limited}/faults", json=faults)
          ).raise_for_status()
-        jobs = await enqueue(store, create_app(settings), _records(proxy, limited),
-                             "docs-batch")
+        jobs = await enqueue(store, create_app(settings), _records(proxy, limited))
         await _wait_final(store, jobs)
         found = Batch(flower_url, jobs[:3], jobs[3], jobs[4], jobs[5])
         await _wait_flower_saw(http, flower_url, found.jobs)
