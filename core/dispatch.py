@@ -207,6 +207,11 @@ def send_each(celery: Celery, producer: Any, messages: Sequence[Outgoing]) -> No
                          producer=producer)
 
 
+def _fed(record: JobRecord, batch_id: str | None) -> bool:
+    """Does the feeder give this job its message (an inference line of a batch)?"""
+    return batch_id is not None and not JobKind(record.kind).is_management
+
+
 async def enqueue(
     store: JobStore, celery: Celery, records: Sequence[JobRecord], batch_id: str | None = None
 ) -> list[JobRecord]:
@@ -226,8 +231,8 @@ async def enqueue(
         chunk = records[len(stored):len(stored) + size]
         # A batch's inference lines wait for the feeder (core/feed.py); anything else (a
         # management job in a batch, a job without one) is published with its round.
-        fed = [r for r in chunk if batch_id is not None and not JobKind(r.kind).is_management]
-        sent = [r for r in chunk if batch_id is None or JobKind(r.kind).is_management]
+        fed = [r for r in chunk if _fed(r, batch_id)]
+        sent = [r for r in chunk if not _fed(r, batch_id)]
         by_id = {r.id: r for r in await store.create_jobs(fed, batch_id, pending=True)} \
             if fed else {}
         if sent:

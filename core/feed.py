@@ -49,7 +49,7 @@ class FedMessage:
     batch_id: str
     proxy: str
     priority: int
-    share: float  # of the slots, when the lines were taken
+    share: float | None  # of the slots when the lines were taken (None: a resend)
     job_ids: list[str]
 
 

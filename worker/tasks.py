@@ -24,12 +24,11 @@ from core.dispatch import (
     LINES_TASK,
     REFRESH_TASK,
     TASK_NAMES,
-    Lane,
     broker_queue_name,
     is_redis_broker,
-    lines_summary,
-    message_priority,
+    lines_message,
 )
+from core.feed import FedMessage
 from modelproxy.portal import run_sync
 from worker import feeder, orphans
 from worker.app import app
@@ -152,12 +151,12 @@ def run_batch_lines(self: Task, job_ids: list[str], batch_id: str, proxy: str,
     for job_id, result in zip(job_ids, outcomes, strict=True):
         outcome = _decided(job_id, result)
         if outcome.action == "later" and outcome.status != WAITING:
-            countdown_s = min(outcome.delay_s, runtime.settings.requeue_max_delay_s)
+            message = lines_message(FedMessage(batch_id, proxy, priority, None, [job_id]),
+                                    redis=is_redis_broker(self.app.conf.broker_url))
             self.app.send_task(
-                LINES_TASK, args=[[job_id], batch_id, proxy, priority], countdown=countdown_s,
-                argsrepr=lines_summary(batch_id, proxy, priority, [job_id]),
-                priority=message_priority(Lane.BATCH, redis=is_redis_broker(
-                    self.app.conf.broker_url)))
+                message.task, args=message.args, argsrepr=message.argsrepr,
+                kwargsrepr=message.kwargsrepr, priority=message.priority,
+                countdown=min(outcome.delay_s, runtime.settings.requeue_max_delay_s))
         statuses[outcome.status] = statuses.get(outcome.status, 0) + 1
     return {"batch_id": batch_id, "lines": len(job_ids), "statuses": statuses}
 

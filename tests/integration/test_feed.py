@@ -50,6 +50,16 @@ async def finish_all(store: JobStore, messages: list[FedMessage]) -> None:
             await store.finish(job_id, claim.attempt, JobStatus.SUCCEEDED, result={})
 
 
+async def fed_over(store: JobStore, rounds: int) -> Counter[str]:
+    """Lines fed to each batch over `rounds` rounds, every line ending before the next."""
+    shares: Counter[str] = Counter()
+    for _ in range(rounds):
+        fed = await store.feed.take(1000, PER_MESSAGE)
+        shares += by_batch(fed)
+        await finish_all(store, fed)
+    return shares
+
+
 async def test_nothing_is_fed_without_a_live_worker(store: JobStore) -> None:
     await submit(store, lines(10))
     assert await store.feed.take(1000, PER_MESSAGE) == []
@@ -86,11 +96,7 @@ async def test_equal_batches_take_turns_and_a_later_one_gets_its_share_at_once(
     assert by_batch(fed)[early] == WINDOW
     await finish_all(store, fed)
     late = await submit(store, lines(500))
-    shares: Counter[str] = Counter()
-    for _ in range(4):
-        fed = await store.feed.take(1000, PER_MESSAGE)
-        shares += by_batch(fed)
-        await finish_all(store, fed)
+    shares = await fed_over(store, rounds=4)
     assert abs(shares[early] - shares[late]) <= PER_MESSAGE, shares
 
 
@@ -98,11 +104,7 @@ async def test_priority_is_a_weight(store: JobStore) -> None:
     await store.feed.register_worker("w", SLOTS, ttl_s=60)
     low = await submit(store, lines(500), priority=1)
     high = await submit(store, lines(500), priority=3)
-    shares: Counter[str] = Counter()
-    for _ in range(6):
-        fed = await store.feed.take(1000, PER_MESSAGE)
-        shares += by_batch(fed)
-        await finish_all(store, fed)
+    shares = await fed_over(store, rounds=6)
     assert 2.5 <= shares[high] / shares[low] <= 3.5, shares
     assert await store.feed.shares() == {low: 0.25, high: 0.75}
 
