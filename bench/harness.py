@@ -87,12 +87,15 @@ def worker_environment(redis_url: str, modelproxy_url: str, **settings: Any) -> 
 
 
 @contextlib.contextmanager
-def worker_process(env: dict[str, str], slots: int) -> Iterator[subprocess.Popen[bytes]]:
-    """One worker process with `slots` slots (`mpq worker` alone runs one per core)."""
+def worker_process(env: dict[str, str], slots: int, processes: int = 1,
+                   ) -> Iterator[subprocess.Popen[bytes]]:
+    """`mpq worker` with `slots` slots a process: one process, or `processes` (0: its
+    default, one per usable core)."""
     log = Path(tempfile.gettempdir()) / f"mpq-bench-worker-{uuid.uuid4().hex[:6]}.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [MPQ, "worker", "--processes", "1", "--slots", str(slots), "--loglevel", "WARNING"],
+            [MPQ, "worker", "--processes", str(processes), "--slots", str(slots),
+             "--loglevel", "WARNING"],
             env=env, stdout=out, stderr=subprocess.STDOUT,
         )
     with stopping(process):

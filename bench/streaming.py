@@ -10,7 +10,8 @@ reaches them. All processes share this machine's clock, so the latency of chunk 
 stream is arrival_k - sent_k, matched by completion id (the job's `result.id`) and token
 index, for
 - the direct client: httpx on the aiohttp transport, reading SSE lines;
-- the mpq path: emulator -> worker (one process) -> `job:{id}:chunks` -> a consumer reading
+- the mpq path: emulator -> `mpq worker` as run by default (one process per usable core,
+  each with MPQ_WORKER_SLOTS slots) -> `job:{id}:chunks` -> a consumer reading
   with `XREAD BLOCK` through `producer.client.AsyncClient(...).job(id).stream()`, as users do.
   The stream entry id is the Redis clock in ms when the worker's XADD ran, which splits that
   latency into emulator -> Redis and Redis -> consumer (1 ms resolution).
@@ -294,7 +295,7 @@ async def measure(streams: int = DEFAULT_STREAMS, rounds: int = DEFAULT_ROUNDS,
                                                 NOOP_TASKS, usable_cores(),
                                                 settings.worker_slots)
         async with AsyncClient(settings) as client:
-            with worker_process(env, settings.worker_slots):
+            with worker_process(env, settings.worker_slots, processes=0):
                 await direct_round(emulator_url, proxy, 1)  # connections, caches
                 await mpq_round(client, proxy, 1)
                 take_sent(emulator_url)

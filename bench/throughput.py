@@ -2,7 +2,10 @@
 process per usable core: two on a 2-core machine) with 500 slots in all (`--slots`, split
 evenly: MPQ_WORKER_SLOTS=250 each on two cores) against the emulator answering each request
 after 1 s (`--latency-s`), no rate limits. The rate is jobs / (last job's `finished_at` -
-start of the enqueue). `taskset -c 0 python -m bench.throughput` measures one process.
+start of the enqueue). Before it, an untimed batch of as many jobs as slots, as the direct
+client below has an untimed first round: connections to the emulator are open, as in a
+worker that has been running. `taskset -c 0 python -m bench.throughput` measures one
+process.
 
 Limit, each part measured in this run on this machine, the smallest wins:
 - slots / latency: what the slots of all processes allow (the peak in flight / latency
@@ -282,9 +285,11 @@ def default_worker(env: dict[str, str], settings: Settings,
 
 
 async def mpq_run(redis_url: str, emulator_url: str, proxy: str, processes: int, slots: int,
-                  jobs: int, latency_s: float) -> Run:
+                  jobs: int, latency_s: float, *, warm: bool = False) -> Run:
     """`jobs` chat jobs as one batch through the default `mpq worker`: `processes` worker
-    processes (one per usable core) of `slots` each."""
+    processes (one per usable core) of `slots` each. `warm`: first a batch of as many jobs
+    as slots, not timed, as the direct client's first round (the workers' connections to the
+    emulator are open when the timed batch starts, as in a worker that has been running)."""
     set_emulator(emulator_url, ttft_s=latency_s)
     settings = bench_settings(redis_url)
     client = redis_client(redis_url)
@@ -293,6 +298,10 @@ async def mpq_run(redis_url: str, emulator_url: str, proxy: str, processes: int,
                              worker_slots=slots)
     try:
         with default_worker(env, settings, processes) as pids:
+            if warm:
+                await enqueue(store, create_app(settings), chat_records(proxy, slots * processes),
+                              batch_id="warm")
+                await wait_batch(store, "warm")
             reset_emulator_stats(emulator_url)
             records = chat_records(proxy, jobs)
             cpu_before = total_cpu_s(pids)
@@ -335,7 +344,7 @@ async def measure(jobs: int = DEFAULT_JOBS, slots: int = DEFAULT_SLOTS,
         sleeping_rate, _ = await asyncio.to_thread(
             noop_rate, redis_url, emulator_url, jobs, processes, per_process, latency_s)
         run = await mpq_run(redis_url, emulator_url, proxy, processes, per_process, jobs,
-                            latency_s)
+                            latency_s, warm=True)
         big = await mpq_run(redis_url, emulator_url, proxy, processes, big_per_process,
                             2 * big_per_process * processes, big_latency_s)
     slot_limit = max(run.slots, run.peak_in_flight) / latency_s

@@ -210,6 +210,11 @@ def test_an_unknown_model_is_404_naming_the_known_ones(client: openai.OpenAI) ->
 
 def test_a_model_two_proxies_serve_needs_a_choice(gw: GatewayStack, client: openai.OpenAI) -> None:
     first, second = gw.add_proxy([SHARED]), gw.add_proxy([SHARED])
+    # Calls route by the gateway's last read of the proxy cache (one every 1.5 s): one
+    # made between the two proxies' refreshes knows the first only, and routes to it.
+    wait_until(lambda: {(SHARED, first), (SHARED, second)} <= {
+        (m.id, m.owned_by) for m in client.models.list().data}, 10, 0.1,
+        what="both proxies in the gateway's routing")
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(model=SHARED, messages=messages("x"))
     assert first in caught.value.message and second in caught.value.message
