@@ -298,15 +298,16 @@ async def mpq_run(redis_url: str, emulator_url: str, proxy: str, processes: int,
                              worker_slots=slots)
     try:
         with default_worker(env, settings, processes) as pids:
+            app = create_app(settings)
             if warm:
-                await enqueue(store, create_app(settings), chat_records(proxy, slots * processes),
+                await enqueue(store, app, chat_records(proxy, slots * processes),
                               batch_id="warm")
                 await wait_batch(store, "warm")
             reset_emulator_stats(emulator_url)
             records = chat_records(proxy, jobs)
             cpu_before = total_cpu_s(pids)
             started = time.time()
-            await enqueue(store, create_app(settings), records, batch_id="b")
+            await enqueue(store, app, records, batch_id="b")
             await wait_batch(store, "b")
             cpu_used = total_cpu_s(pids) - cpu_before
             rss_mb = sum(peak_rss_mb(pid) for pid in pids)

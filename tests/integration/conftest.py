@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio as aioredis
+from stack import Stack
 from workers import WorkerProcess, worker_env
 
 from core.embedded_redis import redis_server
@@ -37,6 +38,15 @@ def emulator() -> Iterator[EmulatorServer]:
     settings = EmulatorSettings(create_delay_s=0.05, update_delay_s=0.05, delete_delay_s=0.05)
     with EmulatorServer(settings=settings) as server:
         yield server
+
+
+@pytest.fixture
+async def stack(redis_url: str, emulator: EmulatorServer) -> AsyncIterator[Stack]:
+    """A producer-side stack (settings with a key prefix of its own, store, Celery app) on the
+    test server and the module's `emulator`."""
+    stack = Stack.create(redis_url, emulator.url)
+    yield stack
+    await stack.close()
 
 
 @pytest.fixture

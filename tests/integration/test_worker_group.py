@@ -10,7 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -78,13 +78,6 @@ def emulator() -> Iterator[EmulatorServer]:
                                 ttft_s=0.2)
     with EmulatorServer(settings=settings) as server:
         yield server
-
-
-@pytest.fixture
-async def stack(redis_url: str, emulator: EmulatorServer) -> AsyncIterator[Stack]:
-    stack = Stack.create(redis_url, emulator.url)
-    yield stack
-    await stack.close()
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +27,6 @@ def emulator() -> Iterator[EmulatorServer]:
     settings = EmulatorSettings(create_delay_s=0, delete_delay_s=0, tpot_s=0.002)
     with EmulatorServer(settings=settings) as server:
         yield server
-
-
-@pytest.fixture
-async def stack(redis_url: str, emulator: EmulatorServer) -> AsyncIterator[Stack]:
-    stack = Stack.create(redis_url, emulator.url)
-    yield stack
-    await stack.close()
 
 
 async def test_kill_9_mid_job_is_run_again_within_a_minute(
