@@ -1,8 +1,9 @@
-"""httpx ``Auth`` handlers that sign each real request at send time (sync and async)."""
+"""httpx ``Auth`` handlers that sign each real request at send time (sync and async); the
+data plane's two also give their headers to a request made without httpx (`headers_for`)."""
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Generator, Mapping
 from datetime import UTC, datetime
 
 import httpx
@@ -94,20 +95,24 @@ class AgentrunRamAuth(httpx.Auth):
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         """Add ``x-acs-*`` headers and ``Agentrun-Authorization`` to the request."""
-        extra = {k: v for k, v in request.headers.items() if _ram_signed(k)}
-        request.headers.update(
-            sign_agentrun4(
-                request.method,
-                str(request.url),
-                extra,
-                self._access_key_id,
-                self._access_key_secret,
-                self._region,
-                datetime.now(UTC),
-                self._security_token,
-            )
-        )
+        request.headers.update(self.headers_for(request.method, str(request.url),
+                                                request.headers))
         yield request
+
+    def headers_for(self, method: str, url: str, headers: Mapping[str, str]) -> dict[str, str]:
+        """The headers that sign a request whose `headers` include its host and
+        content-type (both are signed)."""
+        extra = {k.lower(): v for k, v in headers.items() if _ram_signed(k.lower())}
+        return sign_agentrun4(
+            method,
+            url,
+            extra,
+            self._access_key_id,
+            self._access_key_secret,
+            self._region,
+            datetime.now(UTC),
+            self._security_token,
+        )
 
 
 class ApiKeyAuth(httpx.Auth):
@@ -122,6 +127,12 @@ class ApiKeyAuth(httpx.Auth):
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         """Set the API-key header."""
-        is_bearer = self._header.lower() == "authorization"
-        request.headers[self._header] = f"Bearer {self._api_key}" if is_bearer else self._api_key
+        request.headers.update(self.headers_for(request.method, str(request.url),
+                                                request.headers))
         yield request
+
+    def headers_for(self, method: str, url: str, headers: Mapping[str, str]) -> dict[str, str]:
+        """The API-key header (the request itself does not change it)."""
+        del method, url, headers
+        is_bearer = self._header.lower() == "authorization"
+        return {self._header: f"Bearer {self._api_key}" if is_bearer else self._api_key}

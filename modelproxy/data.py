@@ -10,15 +10,17 @@ its `AnswerStream.request_id`.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
-import httpx
-from httpx_sse import EventSource, ServerSentEvent
+import aiohttp
+from httpx_sse import ServerSentEvent
 
+from modelproxy.aio_transport import DataAuth, open_post, read_limited, sse_events
 from modelproxy.auth import AgentrunRamAuth, ApiKeyAuth
 from modelproxy.config import Config
 from modelproxy.errors import request_id_of
@@ -30,7 +32,6 @@ from modelproxy.inference import (
     ResponseStreamEvent,
 )
 from modelproxy.sse import chat_chunks, limited_events, response_events
-from modelproxy.transport import limited_response, mapped_transport_errors, open_response, read_body
 
 ItemT = TypeVar("ItemT")
 AnswerT = TypeVar("AnswerT", ChatCompletion, ResponseObject, EmbeddingResponse)
@@ -67,7 +68,7 @@ def embeddings_body(input_: EmbeddingInput, model: str, **kwargs: Any) -> dict[s
     return {**options, "model": model, "input": input_}
 
 
-def data_auth(config: Config) -> httpx.Auth | None:
+def data_auth(config: Config) -> DataAuth | None:
     if config.has_credentials():
         return AgentrunRamAuth(
             config.get_access_key_id(),
@@ -123,7 +124,7 @@ class DataAPI:
         self._config = config
         self._limits = limits
         self._base_url: str | None = None
-        self._auth: httpx.Auth | None = None
+        self._auth: DataAuth | None = None
         self._auth_resolved = False
 
     def base_url(self) -> str:
@@ -134,7 +135,7 @@ class DataAPI:
             self._base_url = f"{self._config.get_data_endpoint()}/models/{name}/v1"
         return self._base_url
 
-    def auth(self) -> httpx.Auth | None:
+    def auth(self) -> DataAuth | None:
         """`data_auth` of the config, resolved on first use like `base_url`."""
         if not self._auth_resolved:
             self._auth, self._auth_resolved = data_auth(self._config), True
@@ -160,38 +161,32 @@ class DataAPI:
     ) -> AsyncGenerator[ChatCompletionChunk, None]:
         async with self._stream("/chat/completions", body) as response:
             stream.request_id = request_id_of(response.headers)
-            with mapped_transport_errors(streaming=True):
-                async for chunk in chat_chunks(self._events(response)):
-                    yield chunk
+            async for chunk in chat_chunks(self._events(response)):
+                yield chunk
 
     async def _response_events(
         self, body: dict[str, Any], stream: AnswerStream[ResponseStreamEvent]
     ) -> AsyncGenerator[ResponseStreamEvent, None]:
         async with self._stream("/responses", body) as response:
             stream.request_id = request_id_of(response.headers)
-            with mapped_transport_errors(streaming=True):
-                async for event in response_events(self._events(response)):
-                    yield event
+            async for event in response_events(self._events(response)):
+                yield event
 
     async def _post(self, path: str, body: dict[str, Any], answer: type[AnswerT]) -> AnswerT:
         """The JSON answer as `answer`, with the request id its headers gave."""
-        async with open_response(
-            self._config, "POST", self.base_url() + path, json_body=body,
-            headers=self._config.get_headers(), auth=self.auth(),
-        ) as response:
-            content = await read_body(response, self._limits.max_body_bytes)
+        async with open_post(self._config, self.base_url() + path, body,
+                             self._config.get_headers(), self.auth()) as response:
+            content = await read_limited(response, self._limits.max_body_bytes)
         # Parsed and validated in one pass by pydantic-core (bad JSON: a ValidationError).
         return answer.model_validate_json(content).with_request_id(
             request_id_of(response.headers))
 
-    def _stream(self, path: str, body: dict[str, Any]) -> Any:
+    def _stream(self, path: str, body: dict[str, Any],
+                ) -> contextlib.AbstractAsyncContextManager[aiohttp.ClientResponse]:
         headers = {**self._config.get_headers(), "accept": "text/event-stream"}
-        return open_response(
-            self._config, "POST", self.base_url() + path, json_body=body, headers=headers,
-            auth=self.auth(),
-        )
+        return open_post(self._config, self.base_url() + path, body, headers, self.auth())
 
-    def _events(self, response: httpx.Response) -> AsyncIterator[ServerSentEvent]:
+    def _events(self, response: aiohttp.ClientResponse) -> AsyncIterator[ServerSentEvent]:
         limits = self._limits
-        counted = limited_response(response, limits.max_stream_bytes, "stream")
-        return limited_events(EventSource(counted).aiter_sse(), limits.max_stream_events)
+        return limited_events(sse_events(response, limits.max_stream_bytes),
+                              limits.max_stream_events)

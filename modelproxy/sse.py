@@ -1,4 +1,4 @@
-"""Pure decoding of server-sent events into typed chunks (fed `httpx_sse` events).
+"""Pure decoding of server-sent events into typed chunks (fed `httpx_sse.ServerSentEvent`s).
 
 A chat stream ends with `data: [DONE]`; a Responses stream ends with `response.completed`.
 A stream that stops before its end marker is an interrupted stream, never a silent success.

@@ -1,5 +1,6 @@
-"""The one HTTP boundary: a shared `httpx.AsyncClient` per event loop on the aiohttp
-transport, and the mapping of httpx failures and error statuses to `modelproxy.errors`.
+"""The control plane's HTTP: a shared `httpx.AsyncClient` per event loop on the aiohttp
+transport; the rules that map HTTP failures to `modelproxy.errors` (the data plane's
+aiohttp calls, modelproxy/aio_transport.py, use them too); the deadline of a whole call.
 
 Plain httpx's connection pool collapses past ~10 concurrent requests (encode/httpx#3215);
 the aiohttp transport keeps the httpx API and holds hundreds of requests in flight.
@@ -12,8 +13,8 @@ import contextlib
 import functools
 import ssl
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
-from typing import Any, cast
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import Any
 
 import aiohttp
 import httpx
@@ -26,7 +27,6 @@ from modelproxy.errors import (
     CertificateError,
     DeadlineExceededError,
     HTTPError,
-    ResponseTooLargeError,
     StreamInterruptedError,
     TransportError,
     error_from_response,
@@ -37,8 +37,6 @@ USER_AGENT = "mpq-modelproxy/0.1"
 # the aiohttp transport then falls back to aiohttp's default of 100 connections.
 MAX_CONNECTIONS = 4096
 POOL_LIMITS = httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=1000)
-# An error answer's message is near its start; the rest of a huge one is never read.
-ERROR_BODY_MAX_BYTES = 64 * 1024
 
 _clients: weakref.WeakKeyDictionary[
     asyncio.AbstractEventLoop, dict[bool | str, httpx.AsyncClient]
@@ -109,9 +107,10 @@ def _timeout(total_s: float, connect_s: float) -> httpx.Timeout:
 
 
 def classify_transport_error(exc: BaseException, *, streaming: bool) -> type[TransportError]:
-    """Our error class for an httpx failure, judged by its root aiohttp cause where there is
-    one (httpx-aiohttp maps every aiohttp connection error to `ConnectTimeout`)."""
-    cause = exc.__cause__ or exc
+    """Our error class for an httpx or aiohttp failure; an httpx one is judged by the aiohttp
+    error it wraps where there is one (httpx-aiohttp maps every aiohttp connection error to
+    `ConnectTimeout`)."""
+    cause = (exc.__cause__ or exc) if isinstance(exc, httpx.TransportError) else exc
     if isinstance(cause, aiohttp.ClientConnectorCertificateError | ssl.SSLCertVerificationError):
         return CertificateError
     if isinstance(cause, TimeoutError | httpx.TimeoutException):  # aiohttp's are TimeoutErrors
@@ -162,140 +161,6 @@ async def send(
 
 
 @contextlib.asynccontextmanager
-async def open_response(
-    config: Config,
-    method: str,
-    url: str,
-    *,
-    json_body: Any = None,
-    headers: Mapping[str, str] | None = None,
-    auth: httpx.Auth | None = None,
-) -> AsyncIterator[httpx.Response]:
-    """Send and yield the open response, its body unread (read it with `read_body` or as a
-    stream); an error status raises first, from at most `ERROR_BODY_MAX_BYTES` of its body."""
-    client = shared_client(config.get_verify_tls())
-    request = client.build_request(
-        method, _parsed_url(url), json=json_body, headers=headers, timeout=timeout_for(config)
-    )
-    with mapped_transport_errors():
-        response = await client.send(
-            request, auth=auth or httpx.USE_CLIENT_DEFAULT, stream=True
-        )
-    try:
-        if response.status_code >= 400:
-            content = await _body_prefix(response, ERROR_BODY_MAX_BYTES)
-            raise error_from_response(response.status_code, content, response.headers)
-        yield response
-    finally:
-        await response.aclose()
-
-
-async def read_body(response: httpx.Response, max_bytes: int | None = None) -> bytes:
-    """The decoded body, read piece by piece (`aread` would hold all of it first). Past
-    `max_bytes` it raises `ResponseTooLargeError` holding no more than that; a declared
-    Content-Length over it raises before the first byte is read."""
-    declared = response.headers.get("content-length", "")
-    if max_bytes is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise _too_large("response body", max_bytes)
-    parts: list[bytes] = []
-    async for part in limited_bytes(response, max_bytes, "response body"):
-        parts.append(part)
-    return b"".join(parts)
-
-
-async def limited_bytes(
-    response: httpx.Response, max_bytes: int | None, what: str, *, streaming: bool = False
-) -> AsyncIterator[bytes]:
-    """The decoded body's pieces, counted: decoded, so a compressed body cannot grow past
-    the limit after the check. Raises `ResponseTooLargeError` once `max_bytes` is passed."""
-    size = 0
-    with mapped_transport_errors(streaming=streaming):
-        async with contextlib.aclosing(_pieces(response)) as pieces:
-            async for piece in pieces:
-                size += len(piece)
-                if max_bytes is not None and size > max_bytes:
-                    raise _too_large(what, max_bytes)
-                yield piece
-
-
-def limited_response(
-    response: httpx.Response, max_bytes: int | None, what: str
-) -> httpx.Response:
-    """A view of a streaming `response` whose body raises `ResponseTooLargeError` past
-    `max_bytes` decoded bytes, for readers that take a response (an SSE decoder)."""
-    if max_bytes is None:
-        return response
-    if response.headers.get("content-encoding", "identity").strip().lower() == "identity":
-        # Not encoded, so its raw bytes are the decoded ones: count them in place, one
-        # generator step a piece. A second decoding pipeline (below) doubled a stream's CPU
-        # per chunk and, with a hundred streams, its latency tail.
-        response.stream = _CountedStream(response.stream, max_bytes, what)
-        return response
-    headers = {"content-type": response.headers.get("content-type", "")}
-    return httpx.Response(
-        response.status_code, headers=headers, request=response.request,
-        stream=_ByteStream(limited_bytes(response, max_bytes, what, streaming=True)),
-    )
-
-
-class _CountedStream(httpx.AsyncByteStream):
-    """A response's own stream, raising `ResponseTooLargeError` past `max_bytes`."""
-
-    def __init__(self, inner: httpx.AsyncByteStream | httpx.SyncByteStream, max_bytes: int,
-                 what: str) -> None:
-        assert isinstance(inner, httpx.AsyncByteStream)  # an async client's response
-        self._inner = inner
-        self._max_bytes = max_bytes
-        self._what = what
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        size = 0
-        async for piece in self._inner:
-            size += len(piece)
-            if size > self._max_bytes:
-                raise _too_large(self._what, self._max_bytes)
-            yield piece
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-
-class _ByteStream(httpx.AsyncByteStream):
-    """Already-decoded pieces as an httpx body (closing is left to the response they come
-    from)."""
-
-    def __init__(self, pieces: AsyncIterator[bytes]) -> None:
-        self._pieces = pieces
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for piece in self._pieces:
-            yield piece
-
-
-async def _body_prefix(response: httpx.Response, max_bytes: int) -> bytes:
-    """At most `max_bytes` of the decoded body: enough for an error's message."""
-    parts: list[bytes] = []
-    size = 0
-    with mapped_transport_errors():
-        async with contextlib.aclosing(_pieces(response)) as pieces:
-            async for piece in pieces:
-                parts.append(piece)
-                size += len(piece)
-                if size >= max_bytes:
-                    break
-    return b"".join(parts)[:max_bytes]
-
-
-def _pieces(response: httpx.Response) -> AsyncGenerator[bytes, None]:
-    """The decoded body's generator, typed as one so that it can be closed early."""
-    return cast(AsyncGenerator[bytes, None], response.aiter_bytes())
-
-
-def _too_large(what: str, max_bytes: int) -> ResponseTooLargeError:
-    return ResponseTooLargeError(f"{what} over the limit of {max_bytes} bytes")
-
-
-@contextlib.asynccontextmanager
 async def deadline(seconds: float | None, what: str) -> AsyncIterator[None]:
     """Cancel the block's awaits once it has run `seconds` in all and raise
     `DeadlineExceededError` (a read timeout bounds each read only: a chunk every few
@@ -314,15 +179,10 @@ async def deadline(seconds: float | None, what: str) -> AsyncIterator[None]:
 
 
 __all__ = [
-    "ERROR_BODY_MAX_BYTES",
     "HTTPError",
     "close_shared_clients",
     "deadline",
-    "limited_bytes",
-    "limited_response",
     "mapped_transport_errors",
-    "open_response",
-    "read_body",
     "send",
     "shared_client",
     "timeout_for",

@@ -1,4 +1,4 @@
-"""Fixtures for every test: one event loop per session, its HTTP pool closed at the end."""
+"""Fixtures for every test: one event loop per session, its HTTP pools closed at the end."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from modelproxy.aio_transport import close_data_sessions
 from modelproxy.transport import close_shared_clients
 
 
@@ -13,3 +14,4 @@ from modelproxy.transport import close_shared_clients
 async def _close_http_pool() -> AsyncIterator[None]:
     yield
     await close_shared_clients()
+    await close_data_sessions()

@@ -1,40 +1,76 @@
-"""Limits on one answer, on in-memory responses (pure): bodies are read in pieces and
-counted decoded, streams are capped in bytes and events, a deadline bounds a whole call."""
+"""Limits on one answer, read over real HTTP from a small server on a loopback port: bodies
+are read in pieces and counted decoded, streams are capped in bytes and events, a deadline
+bounds a whole call."""
 
 from __future__ import annotations
 
 import asyncio
 import gzip
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 
-import httpx
+import aiohttp
 import pytest
-from httpx_sse import EventSource, ServerSentEvent
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from httpx_sse import ServerSentEvent
 
+from modelproxy.aio_transport import read_limited, sse_events
 from modelproxy.errors import DeadlineExceededError, LimitExceededError, ResponseTooLargeError
 from modelproxy.sse import limited_events
-from modelproxy.transport import deadline, limited_response, read_body
+from modelproxy.transport import deadline
 
 PIECE = 1024
+SSE_TYPE = {"content-type": "text/event-stream"}
+
+# What the server answers next: a status, headers, and the body's pieces.
+Answer = tuple[Mapping[str, str], list[bytes]]
 
 
-class Pieces(httpx.AsyncByteStream):
-    """`count` pieces of `piece`, counting how many were taken."""
+class Upstream:
+    """Answers every request with the pieces it is given, one write each."""
 
-    def __init__(self, count: int, piece: bytes = b"x" * PIECE) -> None:
-        self.count = count
-        self.piece = piece
-        self.taken = 0
+    def __init__(self) -> None:
+        self.answer: Answer = ({}, [])
+        self.hang = False  # after the headers, send nothing more
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        for _ in range(self.count):
-            self.taken += 1
-            yield self.piece
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        headers, pieces = self.answer
+        response = web.StreamResponse(headers=headers)
+        if "content-length" not in headers:
+            response.enable_chunked_encoding()
+        await response.prepare(request)
+        if self.hang:
+            await asyncio.sleep(30)
+        for piece in pieces:
+            await response.write(piece)
+        await response.write_eof()
+        return response
 
 
-def response(stream: httpx.AsyncByteStream, **headers: str) -> httpx.Response:
-    request = httpx.Request("POST", "http://upstream/v1/chat/completions")
-    return httpx.Response(200, headers=headers, stream=stream, request=request)
+@pytest.fixture(scope="module")
+async def upstream() -> AsyncIterator[tuple[Upstream, str]]:
+    upstream = Upstream()
+    app = web.Application()
+    app.router.add_post("/", upstream.handle)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield upstream, str(server.make_url("/"))
+    finally:
+        await server.close()
+
+
+async def answer(served: tuple[Upstream, str], pieces: list[bytes],
+                 read: Callable[[aiohttp.ClientResponse], AsyncIterator[object] | object],
+                 **headers: str) -> object:
+    """Serve `pieces` with `headers`, and return what `read` makes of the response."""
+    upstream, url = served
+    upstream.answer = (headers, pieces)
+    async with aiohttp.ClientSession() as session, session.post(url) as response:
+        result = read(response)
+        if isinstance(result, AsyncIterator):
+            return [item async for item in result]
+        return await result  # type: ignore[misc]
 
 
 def test_limit_errors_are_never_retried() -> None:
@@ -44,73 +80,74 @@ def test_limit_errors_are_never_retried() -> None:
     assert not DeadlineExceededError.retryable
 
 
-async def test_a_body_within_the_limit_is_read_whole() -> None:
-    assert await read_body(response(Pieces(10)), 10 * PIECE) == b"x" * 10 * PIECE
-    assert await read_body(response(Pieces(10))) == b"x" * 10 * PIECE  # no limit
+async def test_a_body_within_the_limit_is_read_whole(upstream: tuple[Upstream, str]) -> None:
+    pieces = [b"x" * PIECE] * 10
+    assert await answer(upstream, pieces, lambda r: read_limited(r, 10 * PIECE)) == b"".join(pieces)
+    assert await answer(upstream, pieces, lambda r: read_limited(r, None)) == b"".join(pieces)
 
 
-async def test_a_body_past_the_limit_stops_at_the_limit() -> None:
-    body = Pieces(1000)
+async def test_a_body_past_the_limit_stops_at_the_limit(upstream: tuple[Upstream, str]) -> None:
     with pytest.raises(ResponseTooLargeError, match="response body over the limit of 10240"):
-        await read_body(response(body), 10 * PIECE)
-    assert body.taken == 11  # the piece that passed the limit, and not one more
+        await answer(upstream, [b"x" * PIECE] * 1000, lambda r: read_limited(r, 10 * PIECE))
 
 
-async def test_a_declared_length_past_the_limit_is_refused_unread() -> None:
-    body = Pieces(1000)
-    with pytest.raises(ResponseTooLargeError):
-        await read_body(response(body, **{"content-length": str(1000 * PIECE)}), PIECE)
-    assert body.taken == 0
+async def test_a_declared_length_past_the_limit_is_refused_unread(
+    upstream: tuple[Upstream, str],
+) -> None:
+    upstream[0].hang = True  # reading the body would wait 30 s for it
+    try:
+        with pytest.raises(ResponseTooLargeError):
+            await asyncio.wait_for(answer(upstream, [], lambda r: read_limited(r, PIECE),
+                                          **{"content-length": str(1000 * PIECE)}), 5)
+    finally:
+        upstream[0].hang = False
 
 
-async def test_a_compressed_body_counts_decoded() -> None:
+async def test_a_compressed_body_counts_decoded(upstream: tuple[Upstream, str]) -> None:
     bomb = gzip.compress(b"\0" * 1024 * 1024)  # ~1 KB on the wire
-    wire = response(Pieces(1, bomb), **{"content-encoding": "gzip"})
     with pytest.raises(ResponseTooLargeError):
-        await read_body(wire, 100 * PIECE)
+        await answer(upstream, [bomb], lambda r: read_limited(r, 100 * PIECE),
+                     **{"content-encoding": "gzip"})
 
 
 def sse(count: int) -> bytes:
     return b"".join(b'data: {"n": %d}\n\n' % i for i in range(count))
 
 
-async def events(view: httpx.Response, max_events: int | None) -> list[ServerSentEvent]:
-    return [e async for e in limited_events(EventSource(view).aiter_sse(), max_events)]
+def events(max_bytes: int | None, max_events: int | None,
+           ) -> Callable[[aiohttp.ClientResponse], AsyncIterator[ServerSentEvent]]:
+    return lambda response: limited_events(sse_events(response, max_bytes), max_events)
 
 
-async def test_a_stream_within_its_limits_is_read_whole() -> None:
-    original = response(Pieces(1, sse(50)), **{"content-type": "text/event-stream"})
-    got = await events(limited_response(original, 10_000, "stream"), 50)
-    assert [e.data for e in got] == [f'{{"n": {i}}}' for i in range(50)]
+async def test_a_stream_within_its_limits_is_read_whole(upstream: tuple[Upstream, str]) -> None:
+    got = await answer(upstream, [sse(50)], events(10_000, 50), **SSE_TYPE)
+    assert [e.data for e in got] == [f'{{"n": {i}}}' for i in range(50)]  # type: ignore[attr-defined]
 
 
-async def test_a_stream_past_its_bytes_stops_there() -> None:
-    body = Pieces(1000, b": keep-alive padding " * 50 + b"\n")  # comments only: no event
-    original = response(body, **{"content-type": "text/event-stream"})
+async def test_a_stream_past_its_bytes_stops_there(upstream: tuple[Upstream, str]) -> None:
+    padding = b": keep-alive padding " * 50 + b"\n"  # comments only: no event
     with pytest.raises(ResponseTooLargeError, match="stream over the limit of 10240 bytes"):
-        await events(limited_response(original, 10 * PIECE, "stream"), None)
-    assert body.taken <= 11
+        await answer(upstream, [padding] * 1000, events(10 * PIECE, None), **SSE_TYPE)
 
 
-async def test_a_compressed_stream_counts_decoded() -> None:
+async def test_a_compressed_stream_counts_decoded(upstream: tuple[Upstream, str]) -> None:
     bomb = gzip.compress(b": padding\n" * 100_000)  # ~1 MB of comments, ~2 KB on the wire
-    original = response(Pieces(1, bomb), **{"content-type": "text/event-stream",
-                                            "content-encoding": "gzip"})
     with pytest.raises(ResponseTooLargeError, match="stream over the limit of 10240 bytes"):
-        await events(limited_response(original, 10 * PIECE, "stream"), None)
+        await answer(upstream, [bomb], events(10 * PIECE, None),
+                     **SSE_TYPE, **{"content-encoding": "gzip"})
 
 
-async def test_a_stream_past_its_events_stops_there() -> None:
-    original = response(Pieces(1, sse(50)), **{"content-type": "text/event-stream"})
+async def test_a_stream_past_its_events_stops_there(upstream: tuple[Upstream, str]) -> None:
     with pytest.raises(ResponseTooLargeError, match="stream over the limit of 10 events"):
-        await events(original, 10)
+        await answer(upstream, [sse(50)], events(None, 10), **SSE_TYPE)
 
 
-def test_no_limit_adds_no_layer() -> None:
-    original = response(Pieces(1), **{"content-type": "text/event-stream"})
-    assert limited_response(original, None, "stream") is original
-    source = EventSource(original).aiter_sse()
-    assert limited_events(source, None) is source
+async def test_no_limit_adds_no_layer() -> None:
+    async def source() -> AsyncIterator[ServerSentEvent]:
+        yield ServerSentEvent(data="x")
+
+    events_in = source()
+    assert limited_events(events_in, None) is events_in
 
 
 async def test_a_deadline_bounds_the_whole_block() -> None:

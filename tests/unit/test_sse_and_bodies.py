@@ -8,6 +8,7 @@ import pytest
 from httpx_sse import ServerSentEvent
 
 from modelproxy import ServerError, StreamInterruptedError
+from modelproxy.aio_transport import SSEDecoder
 from modelproxy.data import chat_body, responses_body
 from modelproxy.sse import chat_chunks, decode_chat_event, response_events
 
@@ -78,3 +79,37 @@ def test_include_usage_only_for_streaming_chat():
     plain = chat_body([], "m", stream=False, stream_options={"include_usage": True})
     assert "stream_options" not in plain
     assert "stream_options" not in responses_body("hi", "m", stream=True)
+
+
+SSE_TEXT = (
+    ": a comment\r\n"
+    "event: message\r\n"
+    'data: {"a": "é"}\r\n'
+    "\r\n"
+    "data: one\n"
+    "data: two\n"
+    "id: 7\n"
+    "\n"
+    "retry: 50\r"
+    "data: [DONE]\r"
+    "\r"
+)
+SSE_EVENTS = [("message", '{"a": "é"}', ""), ("message", "one\ntwo", "7"),
+              ("message", "[DONE]", "7")]
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 1000])
+def test_sse_decoder_reads_events_however_the_body_is_split(size: int) -> None:
+    body = SSE_TEXT.encode()
+    decoder = SSEDecoder()
+    events = [event for start in range(0, len(body), size)
+              for event in decoder.feed(body[start:start + size])]
+    assert [(e.event, e.data, e.id) for e in events] == SSE_EVENTS
+    assert events[-1].retry == 50
+
+
+def test_sse_decoder_holds_an_unfinished_event() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed(b"data: half") == []
+    assert decoder.feed(b"\n") == []
+    assert [e.data for e in decoder.feed(b"\n")] == ["half"]
