@@ -89,9 +89,12 @@ async def open_post(
     """POST `body` as JSON and yield the open response, its body unread; an error status
     raises first (`error_from_response`, from at most `ERROR_BODY_MAX_BYTES` of its body)."""
     content = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
-    sent = {"host": urlsplit(url).netloc, "content-type": JSON_TYPE, **headers}
+    # Names in lower case, so that a configured "Content-Type" replaces ours, not joins it.
+    sent = {"host": urlsplit(url).netloc, "content-type": JSON_TYPE,
+            **{name.lower(): value for name, value in headers.items()}}
     if auth is not None:
-        sent.update(auth.headers_for("POST", url, sent))
+        sent.update((name.lower(), value)
+                    for name, value in auth.headers_for("POST", url, sent).items())
     with mapped_errors():
         response = await data_session(config.get_verify_tls()).post(
             url, data=content, headers=sent, timeout=_timeout(config))
