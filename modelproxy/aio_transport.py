@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import functools
 import json
-import ssl
 import weakref
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
@@ -26,7 +26,13 @@ from httpx_sse import ServerSentEvent
 from modelproxy.auth import AgentrunRamAuth, ApiKeyAuth
 from modelproxy.config import Config
 from modelproxy.errors import ResponseTooLargeError, error_from_response
-from modelproxy.transport import MAX_CONNECTIONS, USER_AGENT, classify_transport_error
+from modelproxy.transport import (
+    MAX_CONNECTIONS,
+    USER_AGENT,
+    classify_transport_error,
+    close_shared_clients,
+    ssl_verify,
+)
 
 DataAuth = AgentrunRamAuth | ApiKeyAuth
 JSON_TYPE = "application/json"
@@ -46,10 +52,8 @@ def data_session(verify: bool | str = True) -> aiohttp.ClientSession:
     per_loop = _sessions.setdefault(loop, {})
     session = per_loop.get(verify)
     if session is None or session.closed:
-        ssl_setting: bool | ssl.SSLContext = (
-            ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify)
         session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS, ssl=ssl_setting),
+            connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS, ssl=ssl_verify(verify)),
             cookie_jar=aiohttp.DummyCookieJar(),
             headers={"user-agent": USER_AGENT},
         )
@@ -57,19 +61,20 @@ def data_session(verify: bool | str = True) -> aiohttp.ClientSession:
     return session
 
 
-async def close_data_sessions() -> None:
-    """Close this loop's sessions (call before the loop ends)."""
+async def close_http_pools() -> None:
+    """Close this loop's HTTP pools, of both planes (call before the loop ends)."""
+    await close_shared_clients()
     loop = asyncio.get_running_loop()
     for session in _sessions.pop(loop, {}).values():
         await session.close()
 
 
-def _timeout(config: Config) -> aiohttp.ClientTimeout:
+@functools.lru_cache(maxsize=64)
+def _timeout(total_s: float, connect_s: float) -> aiohttp.ClientTimeout:
     # As the control plane's httpx.Timeout(total, connect=...): each read, and the wait for
-    # a pooled connection, may take `timeout_s`; the whole call is bounded by the caller.
-    return aiohttp.ClientTimeout(total=None, connect=config.get_timeout_s(),
-                                 sock_connect=config.get_connect_timeout_s(),
-                                 sock_read=config.get_timeout_s())
+    # a pooled connection, may take `total_s`; the whole call is bounded by the caller.
+    return aiohttp.ClientTimeout(total=None, connect=total_s, sock_connect=connect_s,
+                                 sock_read=total_s)
 
 
 @contextlib.contextmanager
@@ -97,7 +102,8 @@ async def open_post(
                     for name, value in auth.headers_for("POST", url, sent).items())
     with mapped_errors():
         response = await data_session(config.get_verify_tls()).post(
-            url, data=content, headers=sent, timeout=_timeout(config))
+            url, data=content, headers=sent,
+            timeout=_timeout(config.get_timeout_s(), config.get_connect_timeout_s()))
     try:
         if response.status >= 400:
             prefix = await _body_prefix(response, ERROR_BODY_MAX_BYTES)

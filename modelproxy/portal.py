@@ -16,9 +16,8 @@ import threading
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from typing import Any, TypeVar
 
-from modelproxy.aio_transport import close_data_sessions
+from modelproxy.aio_transport import close_http_pools
 from modelproxy.errors import PortalDeadlockError
-from modelproxy.transport import close_shared_clients
 
 T = TypeVar("T")
 
@@ -59,14 +58,9 @@ def _portal_loop() -> asyncio.AbstractEventLoop:
         return _loop
 
 
-async def _close_pools() -> None:
-    await close_shared_clients()
-    await close_data_sessions()
-
-
 def _shutdown(loop: asyncio.AbstractEventLoop) -> None:
     if loop.is_running():
-        asyncio.run_coroutine_threadsafe(_close_pools(), loop).result(timeout=5)
+        asyncio.run_coroutine_threadsafe(close_http_pools(), loop).result(timeout=5)
         loop.call_soon_threadsafe(loop.stop)
 
 

@@ -78,14 +78,14 @@ def shared_client(verify: bool | str = True) -> httpx.AsyncClient:
     client = per_loop.get(verify)
     if client is None or client.is_closed:
         client = _CookielessClient(
-            transport=AiohttpTransport(verify=_ssl_verify(verify), limits=POOL_LIMITS),
+            transport=AiohttpTransport(verify=ssl_verify(verify), limits=POOL_LIMITS),
             headers={"user-agent": USER_AGENT},
         )
         per_loop[verify] = client
     return client
 
 
-def _ssl_verify(verify: bool | str) -> bool | ssl.SSLContext:
+def ssl_verify(verify: bool | str) -> bool | ssl.SSLContext:
     """A CA file path becomes a context (httpx deprecates `verify=<str>`)."""
     return ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
 

@@ -6,12 +6,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from modelproxy.aio_transport import close_data_sessions
-from modelproxy.transport import close_shared_clients
+from modelproxy.aio_transport import close_http_pools
 
 
 @pytest.fixture(scope="session", autouse=True)
 async def _close_http_pool() -> AsyncIterator[None]:
     yield
-    await close_shared_clients()
-    await close_data_sessions()
+    await close_http_pools()

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import TypeVar
 
 import aiohttp
 import pytest
@@ -20,9 +21,10 @@ from modelproxy.sse import limited_events
 from modelproxy.transport import deadline
 
 PIECE = 1024
+T = TypeVar("T")
 SSE_TYPE = {"content-type": "text/event-stream"}
 
-# What the server answers next: a status, headers, and the body's pieces.
+# What the server answers next: headers, and the body's pieces.
 Answer = tuple[Mapping[str, str], list[bytes]]
 
 
@@ -61,16 +63,12 @@ async def upstream() -> AsyncIterator[tuple[Upstream, str]]:
 
 
 async def answer(served: tuple[Upstream, str], pieces: list[bytes],
-                 read: Callable[[aiohttp.ClientResponse], AsyncIterator[object] | object],
-                 **headers: str) -> object:
+                 read: Callable[[aiohttp.ClientResponse], Awaitable[T]], **headers: str) -> T:
     """Serve `pieces` with `headers`, and return what `read` makes of the response."""
     upstream, url = served
     upstream.answer = (headers, pieces)
     async with aiohttp.ClientSession() as session, session.post(url) as response:
-        result = read(response)
-        if isinstance(result, AsyncIterator):
-            return [item async for item in result]
-        return await result  # type: ignore[misc]
+        return await read(response)
 
 
 def test_limit_errors_are_never_retried() -> None:
@@ -115,13 +113,16 @@ def sse(count: int) -> bytes:
 
 
 def events(max_bytes: int | None, max_events: int | None,
-           ) -> Callable[[aiohttp.ClientResponse], AsyncIterator[ServerSentEvent]]:
-    return lambda response: limited_events(sse_events(response, max_bytes), max_events)
+           ) -> Callable[[aiohttp.ClientResponse], Awaitable[list[ServerSentEvent]]]:
+    """A reader of a response's events, within these limits."""
+    async def read(response: aiohttp.ClientResponse) -> list[ServerSentEvent]:
+        return [e async for e in limited_events(sse_events(response, max_bytes), max_events)]
+    return read
 
 
 async def test_a_stream_within_its_limits_is_read_whole(upstream: tuple[Upstream, str]) -> None:
     got = await answer(upstream, [sse(50)], events(10_000, 50), **SSE_TYPE)
-    assert [e.data for e in got] == [f'{{"n": {i}}}' for i in range(50)]  # type: ignore[attr-defined]
+    assert [e.data for e in got] == [f'{{"n": {i}}}' for i in range(50)]
 
 
 async def test_a_stream_past_its_bytes_stops_there(upstream: tuple[Upstream, str]) -> None:
